@@ -1,0 +1,7 @@
+"""`python -m daemon`: the same as the `edgellm` command."""
+
+import sys
+
+from daemon.cli import main
+
+sys.exit(main())

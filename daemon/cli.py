@@ -1,0 +1,263 @@
+"""The `edgellm` command: serve, ask, check-config, model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__
+
+EPILOG = """\
+examples:
+  edgellm serve                          run the daemon on the embedded defaults
+  edgellm serve -c /etc/edgellm/config.yaml
+  edgellm ask "Why is the sky blue?"     ask the local node, print tokens as they arrive
+  edgellm model fetch smollm2-135m       download and verify the default model
+  edgellm check-config config.yaml       validate a config file and print the result
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, help="config.yaml (default: embedded defaults "
+                   "or $EDGELLM_CONFIG)")
+    p.add_argument("--host", help="broker host (overrides mqtt.host)")
+    p.add_argument("--port", type=int, help="broker port (overrides mqtt.port)")
+    p.add_argument("--node-id", help="node id (overrides node_id)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgellm",
+        description="A private, local LLM answering prompts over MQTT.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgellm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    _common(serve)
+    serve.add_argument("--model", help="model to serve (overrides model.name)")
+
+    ask = sub.add_parser("ask", help="send a prompt to a node and print the reply")
+    _common(ask)
+    ask.add_argument("prompt", help="the prompt text ('-' reads standard input)")
+    ask.add_argument("--system", help="system prompt")
+    ask.add_argument("--max-tokens", type=int)
+    ask.add_argument("--temperature", type=float)
+    ask.add_argument("--seed", type=int)
+    ask.add_argument("--stop", action="append", help="stop string (repeatable)")
+    mode = ask.add_mutually_exclusive_group()
+    mode.add_argument("--no-stream", action="store_true", help="wait for the whole reply")
+    mode.add_argument("--sentences", action="store_true", help="stream whole sentences")
+    ask.add_argument("--v311", action="store_true",
+                     help="speak MQTT 3.1.1 (reply address in the payload's reply_to)")
+    ask.add_argument("--json", action="store_true", help="print each reply message as JSON")
+    ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+
+    check = sub.add_parser("check-config", help="validate a config file and print it")
+    check.add_argument("path", type=Path, nargs="?", help="config.yaml (default: embedded)")
+
+    model = sub.add_parser("model", help="list, fetch, locate or verify models")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "catalog models and what is installed"),
+        ("fetch", "download and verify a model"),
+        ("path", "print the verified path of an installed model"),
+        ("verify", "re-check a model's sha256"),
+    ):
+        p = msub.add_parser(name, help=text)
+        p.add_argument("-c", "--config", type=Path, help="config.yaml (for model.dir)")
+        p.add_argument("--dir", type=Path, help="models directory (overrides model.dir)")
+        if name != "list":
+            p.add_argument("name", nargs="?", help="catalog name, path, https URL or "
+                           "hf:owner/repo/file.gguf (default: model.name)")
+        if name == "fetch":
+            p.add_argument("--force", action="store_true", help="download again")
+    return parser
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from daemon import config
+
+    overrides: dict[str, Any] = {}
+    for attr, key in (("host", "mqtt.host"), ("port", "mqtt.port"), ("node_id", "node_id"),
+                      ("model", "model.name")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[key] = value
+    return config.load(getattr(args, "config", None), overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from daemon import logsetup
+    from daemon.service import Service
+
+    cfg = _load_config(args)
+    logsetup.configure(cfg.logging.level, cfg.logging.format)
+    service = Service(cfg)
+
+    def stop(signum: int, _frame: Any) -> None:
+        service.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return service.run()
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from daemon.config import mqtt_password
+    from daemon.messages import new_id
+    from daemon.topics import Topics
+    from daemon.transport import make_client
+
+    cfg = _load_config(args)
+    topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    rid = new_id()
+    reply_topic = topics.response(rid)
+    body: dict[str, Any] = {"id": rid, "prompt": prompt}
+    body["stream"] = False if args.no_stream else ("sentences" if args.sentences else True)
+    for key in ("system", "max_tokens", "temperature", "seed", "stop"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    if args.v311:
+        body["reply_to"] = reply_topic
+
+    client = make_client(cfg.mqtt, f"edgellm-ask-{uuid.uuid4().hex[:8]}",
+                         mqtt_password(cfg.mqtt), v5=not args.v311)
+    finished = threading.Event()
+    result = {"code": 1}
+    correlation = uuid.uuid4().bytes
+
+    def on_connect(c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            print(f"edgellm: broker refused the connection: {rc}", file=sys.stderr)
+            finished.set()
+            return
+        c.subscribe(reply_topic, qos=1)
+
+    def on_subscribe(c: Any, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
+        props = None
+        if not args.v311:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = reply_topic
+            props.CorrelationData = correlation
+        c.publish(topics.request, json.dumps(body), qos=1, properties=props)
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        try:
+            reply = json.loads(msg.payload)
+        except ValueError:
+            return
+        if args.json:
+            print(json.dumps(reply, ensure_ascii=False), flush=True)
+        kind = reply.get("type")
+        if kind == "delta" and not args.json:
+            end = "\n" if args.sentences else ""
+            print(reply.get("text", ""), end=end, flush=True)
+        elif kind == "done":
+            if not args.json:
+                if body["stream"] is False:
+                    print(reply.get("text", ""), end="")
+                if not args.sentences:
+                    print(flush=True)
+            result["code"] = 0
+            finished.set()
+        elif kind == "error":
+            print(f"edgellm: {reply.get('code')}: {reply.get('message')}", file=sys.stderr)
+            finished.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    try:
+        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive_s)
+    except OSError as err:
+        print(f"edgellm: cannot reach the broker at {cfg.mqtt.host}:{cfg.mqtt.port}: {err}",
+              file=sys.stderr)
+        return 1
+    client.loop_start()
+    if not finished.wait(args.timeout):
+        print(f"edgellm: no reply within {args.timeout:.0f} s (is a node serving "
+              f"{topics.request}?)", file=sys.stderr)
+        result["code"] = 1
+        client.publish(topics.cancel, json.dumps({"id": rid}), qos=1).wait_for_publish(2)
+    client.disconnect()
+    client.loop_stop()
+    return result["code"]
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon import config
+
+    cfg = config.load(args.path)
+    data = cfg.model_dump(mode="json")
+    if data["mqtt"].get("password"):
+        data["mqtt"]["password"] = "********"
+    import yaml
+
+    print(f"# {args.path or 'embedded defaults'}: valid")
+    print(yaml.safe_dump(data, sort_keys=False), end="")
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from daemon import config, models
+
+    cfg = config.load(args.config)
+    models_dir = args.dir or cfg.model.dir
+    if args.model_command == "list":
+        for name, path in models.installed(models_dir):
+            entry = models.CATALOG.get(name)
+            mark = "installed" if path else "not installed"
+            desc = f"  {entry.description}" if entry else ""
+            default = " (default)" if name == cfg.model.name else ""
+            print(f"{name}{default}: {mark}{' ' + str(path) if path else ''}{desc}")
+        return 0
+    spec = args.name or cfg.model.name
+    if args.model_command == "fetch":
+        print(models.fetch(spec, models_dir, progress=sys.stderr.isatty(), force=args.force))
+    elif args.model_command == "path":
+        print(models.locate(spec, models_dir))
+    else:
+        print(models.verify(spec, models_dir))
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "ask": cmd_ask, "check-config": cmd_check_config,
+            "model": cmd_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `edgellm` console script."""
+    from daemon.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as err:
+        print(f"edgellm: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:
+        from daemon.models import ModelError
+
+        if isinstance(err, ModelError):
+            print(f"edgellm: {err}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

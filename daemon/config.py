@@ -1,0 +1,215 @@
+"""Typed configuration: the only place where config.yaml and the environment are read."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ENV_PASSWORD = "EDGELLM_MQTT_PASSWORD"
+ENV_CONFIG = "EDGELLM_CONFIG"
+# systemd's LoadCredential= puts secrets here; a file named mqtt_password is read from it.
+ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOPIC_LEVEL_FORBIDDEN = re.compile(r"[+#\x00]")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Section):
+    enabled: bool = Field(False, description="Connect to the broker over TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle; None uses the system store.")
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client private key (mutual TLS).")
+
+
+class MqttConfig(_Section):
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version the daemon speaks; 3.1.1 clients are served either way."
+    )
+    username: str | None = Field(None, description="Broker user name.")
+    password: SecretStr | None = Field(
+        None, description=f"Broker password; prefer ${ENV_PASSWORD} or password_file."
+    )
+    password_file: Path | None = Field(None, description="File whose first line is the password.")
+    client_id: str | None = Field(None, description="MQTT client id; default edgellm-<node_id>.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
+    topic_prefix: str = Field("edgellm", min_length=1, description="First topic level(s).")
+    reply_qos: Literal[0, 1, 2] = Field(1, description="QoS of replies and stream chunks.")
+    tls: TlsConfig = TlsConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        if _TOPIC_LEVEL_FORBIDDEN.search(self.topic_prefix) or self.topic_prefix.startswith("/"):
+            raise ValueError("topic_prefix must not contain '+', '#' or start with '/'")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set either password or password_file, not both")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "smollm2-135m",
+        min_length=1,
+        description="Catalog name, local path, https URL or hf:owner/repo/file.gguf.",
+    )
+    dir: Path | None = Field(None, description="Where models live; default the XDG data dir.")
+    n_ctx: int = Field(2048, ge=128, le=131072, description="Context length in tokens.")
+    n_threads: int | None = Field(
+        None, ge=1, le=256, description="Generation threads; default the physical core count."
+    )
+    n_batch: int = Field(256, ge=8, le=8192, description="Prompt-processing batch size.")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all).")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template overriding the model's own."
+    )
+
+
+class GenerationConfig(_Section):
+    """Defaults for each request's sampling settings; a request may override them."""
+
+    max_tokens: int = Field(256, ge=1, description="Tokens to generate when a request says none.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    repeat_penalty: float = Field(1.1, ge=0.0, le=5.0)
+    system: str | None = Field(None, description="System prompt used when a request has none.")
+
+
+class LimitsConfig(_Section):
+    """Bounds that keep one client from taking the device."""
+
+    max_payload_bytes: int = Field(
+        65536, ge=256, le=16 * 1024 * 1024, description="Largest request accepted."
+    )
+    max_tokens: int = Field(1024, ge=1, description="Upper bound on any request's max_tokens.")
+    max_messages: int = Field(64, ge=1, description="Most chat messages in one request.")
+    max_stop: int = Field(8, ge=0, le=32, description="Most stop strings in one request.")
+    queue_size: int = Field(8, ge=1, le=1024, description="Requests waiting beyond the running one.")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline from arrival to the end of generation."
+    )
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, description="How long shutdown lets a running generation finish."
+    )
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON otherwise (journald)."
+    )
+    log_prompts: bool = Field(
+        False, description="Log prompt and reply text. Off by default: prompts are private."
+    )
+
+
+def _default_node_id() -> str:
+    """The host name, reduced to what is safe in a topic level."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]).strip("-")
+    return (name or "node")[:64]
+
+
+class Config(_Section):
+    node_id: Annotated[str, Field(pattern=_NODE_ID.pattern)] = Field(
+        default_factory=_default_node_id, description="This device's topic level."
+    )
+    mqtt: MqttConfig = MqttConfig()
+    model: ModelConfig = ModelConfig()
+    generation: GenerationConfig = GenerationConfig()
+    limits: LimitsConfig = LimitsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.generation.max_tokens > self.limits.max_tokens:
+            raise ValueError("generation.max_tokens must not exceed limits.max_tokens")
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse(data: dict[str, Any] | None, source: str = "config") -> Config:
+    """Validate a config mapping; raise ConfigError naming each bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read config.yaml (or the embedded defaults when path is None), apply overrides."""
+    if path is None and os.environ.get(ENV_CONFIG):
+        path = Path(os.environ[ENV_CONFIG])
+    data: dict[str, Any] = {}
+    source = "embedded defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"invalid configuration in {path}: the top level must be a mapping")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return parse(data, source)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def mqtt_password(cfg: MqttConfig) -> str | None:
+    """The broker password from, in order: the environment, systemd credentials, file, YAML."""
+    if os.environ.get(ENV_PASSWORD):
+        return os.environ[ENV_PASSWORD]
+    cred_dir = os.environ.get(ENV_CREDENTIALS)
+    if cred_dir and (Path(cred_dir) / "mqtt_password").is_file():
+        return _first_line(Path(cred_dir) / "mqtt_password")
+    if cfg.password_file is not None:
+        return _first_line(cfg.password_file)
+    return cfg.password.get_secret_value() if cfg.password else None
+
+
+def _first_line(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, IndexError) as err:
+        raise ConfigError(f"mqtt.password_file: cannot read a password from {path}") from err

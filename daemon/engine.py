@@ -1,0 +1,388 @@
+"""The only owner of llama_cpp.Llama: one worker thread loads the model and runs every request."""
+
+from __future__ import annotations
+
+import codecs
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.config import GenerationConfig, LimitsConfig, ModelConfig
+from daemon.jobs import Job, JobQueue, QueueFull
+from daemon.messages import Done, ErrorCode, Request, StreamMode, Timings, Usage
+from daemon.textstream import SentenceChunker, StopMatcher
+
+log = structlog.get_logger(__name__)
+
+# llama.cpp reads this seed as "pick a random one".
+_RANDOM_SEED = 0xFFFFFFFF
+_POLL_S = 0.5
+
+
+class EngineError(Exception):
+    """The engine cannot start or take work."""
+
+
+class DuplicateId(Exception):
+    """A request with this id is already waiting or running."""
+
+
+class _Rejected(Exception):
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the loaded model is, for the status message and the logs."""
+
+    name: str
+    path: str
+    size_bytes: int
+    n_ctx: int
+    n_ctx_train: int
+    n_threads: int
+    n_threads_batch: int
+    chat: bool
+
+
+def default_threads() -> int:
+    """Physical cores: hyper-threads slow llama.cpp's decode rather than help it."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+class Engine:
+    """Runs requests one at a time on the thread that owns the model."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        model_name: str,
+        model_cfg: ModelConfig,
+        generation: GenerationConfig,
+        limits: LimitsConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._path = model_path
+        self._name = model_name
+        self._mcfg = model_cfg
+        self._gen = generation
+        self._limits = limits
+        self._clock = clock
+        self._queue = JobQueue(limits.queue_size)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
+        self._current: Job | None = None
+        self._lock = threading.Lock()
+        self._llm: Any = None
+        self._chat_format: Any = None
+        self._add_bos = True
+        self._bos_text = ""
+        self.info: ModelInfo | None = None
+        # Last time the worker proved it is alive (between jobs and between tokens).
+        self.heartbeat = clock()
+
+    # -- called from other threads -------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> ModelInfo:
+        """Start the worker, load the model on it, and wait until it is ready."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise EngineError(f"model did not load within {timeout:.0f} s")
+        if self._load_error is not None:
+            raise EngineError(f"cannot load model {self._path}: {self._load_error}")
+        assert self.info is not None
+        return self.info
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises QueueFull (answer busy) or DuplicateId."""
+        rid = job.request.id
+        with self._lock:
+            current = self._current
+            if (current is not None and current.request.id == rid) or self._queue.find(rid):
+                raise DuplicateId(rid)
+            if self._stop.is_set():
+                raise QueueFull
+            self._queue.put(job)
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop a running generation between tokens, or answer a waiting one at once."""
+        with self._lock:
+            job = self._current if self._current and self._current.request.id == request_id else None
+            job = job or self._queue.find(request_id)
+        if job is None:
+            return False
+        job.cancelled.set()
+        if job is not self._current:
+            job.finish_error(ErrorCode.CANCELLED, "cancelled before it started")
+        return True
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def stop(self, grace_s: float) -> None:
+        """Refuse new work, let the running job finish within grace_s, then cancel it; free the model."""
+        self._stop.set()
+        for job in self._queue.drain():
+            job.finish_error(ErrorCode.CANCELLED, "the daemon is shutting down")
+        deadline = time.monotonic() + grace_s
+        while self._current is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        current = self._current
+        if current is not None:
+            current.cancelled.set()
+        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            log.error("engine_stop_timeout")
+
+    # -- the worker thread ------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._load()
+        except Exception as err:  # reported through start()
+            self._load_error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                self.heartbeat = self._clock()
+                job = self._queue.get(timeout=_POLL_S)
+                if job is None:
+                    continue
+                with self._lock:
+                    self._current = job
+                try:
+                    self._run(job)
+                except Exception:
+                    # One bad request must not take the worker down (STYLE habit 5).
+                    log.exception("engine_request_failed", id=job.request.id)
+                    job.finish_error(ErrorCode.INTERNAL, "internal error while generating")
+                finally:
+                    with self._lock:
+                        self._current = None
+        finally:
+            self._close()
+
+    def _load(self) -> None:
+        from llama_cpp import Llama, llama_chat_format
+
+        t0 = time.monotonic()
+        n_threads = self._mcfg.n_threads or default_threads()
+        import os
+
+        llm = Llama(
+            model_path=str(self._path),
+            n_ctx=self._mcfg.n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=max(n_threads, os.cpu_count() or 1),
+            n_batch=self._mcfg.n_batch,
+            n_gpu_layers=self._mcfg.n_gpu_layers,
+            verbose=False,
+        )
+        template = self._mcfg.chat_template or llm.metadata.get("tokenizer.chat_template")
+        eos, bos = llm.token_eos(), llm.token_bos()
+        eos_text = llm._model.token_get_text(eos) if eos != -1 else ""
+        self._bos_text = llm._model.token_get_text(bos) if bos != -1 else ""
+        self._add_bos = bool(llm._model.add_bos_token()) if hasattr(llm._model, "add_bos_token") else bos != -1
+        if template:
+            self._chat_format = llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=eos_text, bos_token=self._bos_text
+            )
+        self._llm = llm
+        self.info = ModelInfo(
+            name=self._name,
+            path=str(self._path),
+            size_bytes=self._path.stat().st_size,
+            n_ctx=llm.n_ctx(),
+            n_ctx_train=llm._model.n_ctx_train(),
+            n_threads=llm.context_params.n_threads,
+            n_threads_batch=llm.context_params.n_threads_batch,
+            chat=template is not None,
+        )
+        log.info(
+            "model_loaded",
+            model=self._name,
+            n_ctx=self.info.n_ctx,
+            threads=self.info.n_threads,
+            chat=self.info.chat,
+            load_ms=round((time.monotonic() - t0) * 1000, 1),
+        )
+
+    def _close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+            log.info("model_closed", model=self._name)
+
+    def _prompt_tokens(self, req: Request) -> list[int]:
+        llm = self._llm
+        system = req.system if req.system is not None else self._gen.system
+        if self._chat_format is None:
+            if req.messages is not None:
+                raise _Rejected(
+                    ErrorCode.BAD_REQUEST,
+                    f"model {self._name} has no chat template: send 'prompt' for plain completion",
+                )
+            assert req.prompt is not None
+            text = f"{system}\n\n{req.prompt}" if system else req.prompt
+            return llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=False)
+        messages: list[dict[str, str]] = []
+        if system and not (req.messages and req.messages[0].role == "system"):
+            messages.append({"role": "system", "content": system})
+        if req.messages is not None:
+            messages.extend({"role": m.role, "content": m.content} for m in req.messages)
+        else:
+            assert req.prompt is not None
+            messages.append({"role": "user", "content": req.prompt})
+        try:
+            prompt = self._chat_format(messages=messages).prompt
+        except Exception as err:  # the template's own raise_exception, e.g. role order
+            raise _Rejected(ErrorCode.BAD_REQUEST, f"chat template refused the messages: {err}") from None
+        add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
+        # special=True: the template's control tokens (<|im_start|>) must become single tokens.
+        return llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def _run(self, job: Job) -> None:
+        import llama_cpp
+
+        req = job.request
+        started = self._clock()
+        if job.cancelled.is_set() or job.finished:
+            job.finish_error(ErrorCode.CANCELLED, "cancelled before it started")
+            return
+        if started > req.deadline:
+            job.finish_error(ErrorCode.TIMEOUT, "deadline passed while waiting in the queue")
+            return
+        llm = self._llm
+        try:
+            tokens = self._prompt_tokens(req)
+        except _Rejected as rej:
+            job.finish_error(rej.code, rej.message)
+            return
+
+        n_prompt = len(tokens)
+        n_ctx = llm.n_ctx()
+        notes: dict[str, Any] = {}
+        wanted = req.max_tokens or self._gen.max_tokens
+        max_new = min(wanted, self._limits.max_tokens)
+        room = n_ctx - n_prompt
+        if room < 1:
+            job.finish_error(
+                ErrorCode.TOO_LONG,
+                f"prompt is {n_prompt} tokens; the context holds {n_ctx}",
+                {"usage": {"prompt_tokens": n_prompt, "completion_tokens": 0}},
+            )
+            return
+        max_new = min(max_new, room)
+        if max_new < wanted:
+            reason = "context" if max_new == room else "limit"
+            notes["max_tokens"] = {"requested": wanted, "used": max_new, "reason": reason}
+
+        llm.set_seed(req.seed if req.seed is not None else _RANDOM_SEED)
+        temp = req.temperature if req.temperature is not None else self._gen.temperature
+        top_p = req.top_p if req.top_p is not None else self._gen.top_p
+
+        stops = StopMatcher(req.stop)
+        chunker = SentenceChunker() if req.stream is StreamMode.SENTENCES else None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        parts: list[str] = []
+        seq = 0
+        n_out = 0
+        first_at: float | None = None
+        finish = "length"
+        vocab = llm._model.vocab
+
+        def emit(text: str) -> None:
+            nonlocal seq
+            if not text:
+                return
+            parts.append(text)
+            if req.stream is StreamMode.TOKENS:
+                job.sink.delta(req, seq, text)
+                seq += 1
+            elif chunker is not None:
+                for sentence in chunker.feed(text):
+                    job.sink.delta(req, seq, sentence)
+                    seq += 1
+
+        gen = llm.generate(
+            tokens,
+            top_k=self._gen.top_k,
+            top_p=top_p,
+            temp=temp,
+            repeat_penalty=self._gen.repeat_penalty,
+        )
+        outcome: tuple[ErrorCode, str] | None = None
+        try:
+            for token in gen:
+                now = self._clock()
+                self.heartbeat = now
+                if first_at is None:
+                    first_at = now
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                n_out += 1
+                emit(stops.feed(decoder.decode(llm.detokenize([token]))))
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if n_out >= max_new:
+                    break
+                if job.cancelled.is_set():
+                    outcome = (ErrorCode.CANCELLED, "cancelled")
+                    break
+                if now > req.deadline:
+                    outcome = (ErrorCode.TIMEOUT, "deadline passed during generation")
+                    break
+        finally:
+            gen.close()
+
+        end = self._clock()
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out}
+        if outcome is not None:
+            job.finish_error(outcome[0], outcome[1], {"usage": usage, "text": "".join(parts)})
+            return
+        emit(stops.feed(decoder.decode(b"", final=True)))
+        emit(stops.flush())
+        if chunker is not None:
+            for sentence in chunker.flush():
+                job.sink.delta(req, seq, sentence)
+                seq += 1
+        first = first_at if first_at is not None else end
+        decode_s = end - first
+        timings = Timings(
+            queue_ms=(started - req.received_at) * 1000,
+            ttft_ms=(first - req.received_at) * 1000,
+            total_ms=(end - req.received_at) * 1000,
+            tokens_per_s=(n_out - 1) / decode_s if n_out > 1 and decode_s > 0 else 0.0,
+        )
+        if req.stream is not StreamMode.OFF:
+            notes["seq"] = seq
+        job.finish_done(
+            Done(
+                text="".join(parts),
+                finish_reason=finish,
+                usage=Usage(n_prompt, n_out),
+                timings=timings,
+                notes=notes,
+            )
+        )

@@ -1,0 +1,332 @@
+"""Typed request and reply payloads: parsing and validation of what arrives, encoding of what leaves."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from daemon.config import LimitsConfig
+from daemon.topics import Topics, is_publishable
+
+PROTOCOL_VERSION = 1
+_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+_ID_RE = re.compile(_ID_PATTERN)
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes of the public protocol (docs/PROTOCOL.md)."""
+
+    BAD_REQUEST = "bad_request"
+    TOO_LONG = "too_long"
+    BUSY = "busy"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class StreamMode(StrEnum):
+    OFF = "off"
+    TOKENS = "tokens"
+    SENTENCES = "sentences"
+
+
+@dataclass(frozen=True)
+class ReplyAddress:
+    """Where a request's replies go, and the MQTT v5 correlation data to echo."""
+
+    topic: str
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request, ready for the engine."""
+
+    id: str
+    reply: ReplyAddress
+    messages: tuple[ChatMessage, ...] | None
+    prompt: str | None
+    system: str | None
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    stop: tuple[str, ...]
+    seed: int | None
+    stream: StreamMode
+    received_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A request that cannot be accepted; reply is None when it named no reply address."""
+
+    code: ErrorCode
+    message: str
+    id: str | None = None
+    reply: ReplyAddress | None = None
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """An MQTT message as the transport hands it over."""
+
+    payload: bytes
+    response_topic: str | None = None
+    correlation: bytes | None = None
+    received_at: float = 0.0
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class _Body(BaseModel):
+    """The JSON request body; unknown fields are errors so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str | None = Field(None, pattern=_ID_PATTERN)
+    messages: list[_Message] | None = Field(None, min_length=1)
+    prompt: str | None = Field(None, min_length=1)
+    system: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    stream: bool | Literal["tokens", "sentences"] = False
+    reply_to: str | None = None
+
+    @field_validator("temperature", "top_p", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        # strict mode refuses 1 for a float; JSON writers often drop the ".0".
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def _error_text(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "request"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{key}: {msg}")
+    return "; ".join(parts[:5])
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def parse_request(
+    msg: Incoming, topics: Topics, limits: LimitsConfig
+) -> Request | Rejection:
+    """Turn an MQTT payload into a Request, or a Rejection saying clearly what is wrong."""
+    v5_reply = None
+    if msg.response_topic and is_publishable(msg.response_topic):
+        v5_reply = ReplyAddress(msg.response_topic, msg.correlation)
+
+    def reject(
+        code: ErrorCode, text: str, rid: str | None = None, reply_to: str | None = None
+    ) -> Rejection:
+        reply = v5_reply
+        if reply is None and reply_to is not None:
+            reply = ReplyAddress(reply_to)
+        if reply is None and rid is not None:
+            reply = ReplyAddress(topics.response(rid))
+        return Rejection(code, text, rid, reply)
+
+    size = len(msg.payload)
+    if size > limits.max_payload_bytes:
+        return reject(
+            ErrorCode.TOO_LONG,
+            f"payload is {size} bytes; the limit is {limits.max_payload_bytes}",
+        )
+    if size == 0:
+        return reject(ErrorCode.BAD_REQUEST, "empty payload: send a prompt or a JSON request")
+    try:
+        text = msg.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return reject(ErrorCode.BAD_REQUEST, "payload is neither UTF-8 text nor JSON")
+    if "\x00" in text:
+        return reject(ErrorCode.BAD_REQUEST, "payload contains NUL characters")
+
+    stripped = text.lstrip()
+    if not stripped.startswith(("{", "[")):
+        if not stripped:
+            return reject(ErrorCode.BAD_REQUEST, "empty prompt")
+        # Plain text: `mosquitto_pub -m "hello"` is a prompt with defaults.
+        body = _Body(prompt=text)
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            return reject(ErrorCode.BAD_REQUEST, f"invalid JSON: {err.msg} at char {err.pos}")
+        if not isinstance(raw, dict):
+            return reject(ErrorCode.BAD_REQUEST, "a JSON request must be an object")
+        # Find the reply address before validating, so even a bad request gets its answer.
+        rid = raw.get("id") if isinstance(raw.get("id"), str) and _valid_id(raw["id"]) else None
+        reply_to = raw.get("reply_to")
+        reply_to = reply_to if isinstance(reply_to, str) and is_publishable(reply_to) else None
+        try:
+            body = _Body.model_validate(raw)
+        except ValidationError as err:
+            return reject(ErrorCode.BAD_REQUEST, _error_text(err), rid, reply_to)
+        if body.reply_to is not None and reply_to is None:
+            return reject(
+                ErrorCode.BAD_REQUEST, "reply_to: not a topic one can publish to", rid
+            )
+        problem = _check_limits(body, limits)
+        if problem:
+            return reject(ErrorCode.BAD_REQUEST, problem, rid, reply_to)
+
+    rid = body.id or new_id()
+    if v5_reply is not None:
+        reply = v5_reply
+    elif body.reply_to is not None:
+        reply = ReplyAddress(body.reply_to)
+    else:
+        reply = ReplyAddress(topics.response(rid))
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if body.stream is True:
+        stream = StreamMode.TOKENS
+    elif body.stream is False:
+        stream = StreamMode.OFF
+    else:
+        stream = StreamMode(body.stream)
+    return Request(
+        id=rid,
+        reply=reply,
+        messages=tuple(ChatMessage(m.role, m.content) for m in body.messages)
+        if body.messages
+        else None,
+        prompt=body.prompt,
+        system=body.system,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=stop,
+        seed=body.seed,
+        stream=stream,
+        received_at=msg.received_at,
+        deadline=msg.received_at + limits.request_timeout_s,
+    )
+
+
+def _valid_id(rid: str) -> bool:
+    return _ID_RE.fullmatch(rid) is not None
+
+
+def _check_limits(body: _Body, limits: LimitsConfig) -> str | None:
+    if (body.messages is None) == (body.prompt is None):
+        return "send exactly one of 'messages' or 'prompt'"
+    if body.messages is not None and len(body.messages) > limits.max_messages:
+        return f"messages: {len(body.messages)} given; the limit is {limits.max_messages}"
+    stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+    if len(stop) > limits.max_stop:
+        return f"stop: {len(stop)} strings given; the limit is {limits.max_stop}"
+    if any(not s for s in stop):
+        return "stop: empty strings are not allowed"
+    texts = [body.prompt or "", body.system or "", *stop]
+    texts += [m.content for m in body.messages or ()]
+    if any("\x00" in t for t in texts):
+        return "NUL characters are not allowed in text"
+    return None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds, except tokens_per_s (decode speed after the first token)."""
+
+    queue_ms: float
+    ttft_ms: float
+    total_ms: float
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class Done:
+    text: str
+    finish_reason: str  # "stop" (end of turn or a stop string) | "length"
+    usage: Usage
+    timings: Timings
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def delta_payload(rid: str, seq: int, text: str) -> bytes:
+    return _encode({"type": "delta", "id": rid, "seq": seq, "text": text})
+
+
+def done_payload(rid: str, done: Done, seq: int | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "type": "done",
+        "id": rid,
+        "text": done.text,
+        "finish_reason": done.finish_reason,
+        "usage": {
+            "prompt_tokens": done.usage.prompt_tokens,
+            "completion_tokens": done.usage.completion_tokens,
+        },
+        "timings": {
+            "queue_ms": round(done.timings.queue_ms, 2),
+            "ttft_ms": round(done.timings.ttft_ms, 2),
+            "total_ms": round(done.timings.total_ms, 2),
+            "tokens_per_s": round(done.timings.tokens_per_s, 2),
+        },
+    }
+    if seq is not None:
+        body["seq"] = seq
+    body.update(done.notes)
+    return _encode(body)
+
+
+def error_payload(
+    rid: str | None, code: ErrorCode, message: str, extra: dict[str, Any] | None = None
+) -> bytes:
+    body: dict[str, Any] = {"type": "error", "id": rid, "code": str(code), "message": message}
+    if extra:
+        body.update(extra)
+    return _encode(body)
+
+
+def status_payload(state: str, details: dict[str, Any] | None = None) -> bytes:
+    return _encode({"state": state, "protocol": PROTOCOL_VERSION, **(details or {})})
+
+
+def parse_cancel(payload: bytes) -> str | None:
+    """The id named by a cancel message (JSON ``{"id": ...}`` or the bare id), or None."""
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("{"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        text = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else ""
+    return text if text and _valid_id(text) else None

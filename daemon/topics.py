@@ -1,0 +1,54 @@
+"""Every MQTT topic string is built here and nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_WILDCARDS = frozenset("+#")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic scheme of one node: ``<prefix>/<node_id>/<leaf>``."""
+
+    prefix: str
+    node_id: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.node_id}"
+
+    @property
+    def request(self) -> str:
+        """Where clients publish prompts."""
+        return f"{self.base}/request"
+
+    @property
+    def cancel(self) -> str:
+        """Where clients publish ``{"id": ...}`` to stop a generation."""
+        return f"{self.base}/cancel"
+
+    @property
+    def status(self) -> str:
+        """Retained online/offline state with details; also the last will."""
+        return f"{self.base}/status"
+
+    @property
+    def telemetry(self) -> str:
+        """Periodic sensor and governor readings."""
+        return f"{self.base}/telemetry"
+
+    def response(self, request_id: str) -> str:
+        """The default reply topic of a request that names no reply address."""
+        return f"{self.base}/response/{request_id}"
+
+
+def is_publishable(topic: str) -> bool:
+    """Whether a client-supplied reply topic may be published to (no wildcards, not empty)."""
+    return (
+        bool(topic)
+        and len(topic.encode("utf-8")) <= 65535
+        and not _WILDCARDS.intersection(topic)
+        and "\x00" not in topic
+        and not topic.startswith("$")
+    )

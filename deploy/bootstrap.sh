@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what edgellm needs on Debian / Raspberry Pi OS: system packages, a venv, the package.
+# Usage: deploy/bootstrap.sh [--test]   (--test adds the test tools)
+# Environment: EDGELLM_VENV (default: .venv in the checkout).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+venv="${EDGELLM_VENV:-.venv}"
+
+sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# mosquitto: the broker (and its clients, for the examples); a compiler and cmake build
+# llama.cpp inside `pip install llama-cpp-python`.
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v c++ >/dev/null 2>&1 || missing+=(build-essential)
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+[[ -e "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]] \
+  || missing+=(python3-dev)
+if ((${#missing[@]})); then
+  echo "edgellm: installing system packages: ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+# llama-cpp-python compiles llama.cpp here the first time (minutes on a Pi); pip caches the wheel.
+echo "edgellm: installing the package into $venv (the first time builds llama.cpp: a few minutes)"
+"$venv/bin/python" -m pip install -q -e ".${extras}"

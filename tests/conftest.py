@@ -1,0 +1,56 @@
+"""Shared fixtures: a real mosquitto on loopback, the real default model, running daemons."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Broker, Client, Daemon, free_port
+
+# tests/run.sh fetches the model and sets this, so a missing model fails there instead of skipping.
+REQUIRE_MODEL = os.environ.get("EDGELLM_REQUIRE_MODEL") == "1"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = Broker(free_port(), tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    from daemon import models
+
+    try:
+        return models.locate(models.DEFAULT_MODEL, None)
+    except models.ModelError as err:
+        if REQUIRE_MODEL:
+            raise
+        pytest.skip(f"default model not installed ({err}); run tests/run.sh")
+
+
+@pytest.fixture(scope="session")
+def daemon(broker: Broker, model_path: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Daemon]:
+    """One daemon on the default model, shared by the end-to-end tests that leave it healthy."""
+    d = Daemon(broker, tmp_path_factory.mktemp("daemon")).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def client(broker: Broker) -> Iterator[Client]:
+    c = Client(broker)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def client311(broker: Broker) -> Iterator[Client]:
+    c = Client(broker, v5=False)
+    yield c
+    c.close()
