@@ -24,8 +24,12 @@ examples:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", type=Path, help="config.yaml (default: embedded defaults "
-                   "or $EDGELLM_CONFIG)")
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="config.yaml (default: embedded defaults or $EDGELLM_CONFIG)",
+    )
     p.add_argument("--host", help="broker host (overrides mqtt.host)")
     p.add_argument("--port", type=int, help="broker port (overrides mqtt.port)")
     p.add_argument("--node-id", help="node id (overrides node_id)")
@@ -56,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode = ask.add_mutually_exclusive_group()
     mode.add_argument("--no-stream", action="store_true", help="wait for the whole reply")
     mode.add_argument("--sentences", action="store_true", help="stream whole sentences")
-    ask.add_argument("--v311", action="store_true",
-                     help="speak MQTT 3.1.1 (reply address in the payload's reply_to)")
+    ask.add_argument(
+        "--v311",
+        action="store_true",
+        help="speak MQTT 3.1.1 (reply address in the payload's reply_to)",
+    )
     ask.add_argument("--json", action="store_true", help="print each reply message as JSON")
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
 
@@ -76,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", type=Path, help="config.yaml (for model.dir)")
         p.add_argument("--dir", type=Path, help="models directory (overrides model.dir)")
         if name != "list":
-            p.add_argument("name", nargs="?", help="catalog name, path, https URL or "
-                           "hf:owner/repo/file.gguf (default: model.name)")
+            p.add_argument(
+                "name",
+                nargs="?",
+                help="catalog name, path, https URL or "
+                "hf:owner/repo/file.gguf (default: model.name)",
+            )
         if name == "fetch":
             p.add_argument("--force", action="store_true", help="download again")
     return parser
@@ -87,8 +98,12 @@ def _load_config(args: argparse.Namespace) -> Any:
     from daemon import config
 
     overrides: dict[str, Any] = {}
-    for attr, key in (("host", "mqtt.host"), ("port", "mqtt.port"), ("node_id", "node_id"),
-                      ("model", "model.name")):
+    for attr, key in (
+        ("host", "mqtt.host"),
+        ("port", "mqtt.port"),
+        ("node_id", "node_id"),
+        ("model", "model.name"),
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             overrides[key] = value
@@ -133,8 +148,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.v311:
         body["reply_to"] = reply_topic
 
-    client = make_client(cfg.mqtt, f"edgellm-ask-{uuid.uuid4().hex[:8]}",
-                         mqtt_password(cfg.mqtt), v5=not args.v311)
+    client = make_client(
+        cfg.mqtt, f"edgellm-ask-{uuid.uuid4().hex[:8]}", mqtt_password(cfg.mqtt), v5=not args.v311
+    )
     finished = threading.Event()
     result = {"code": 1}
     correlation = uuid.uuid4().bytes
@@ -183,13 +199,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive_s)
     except OSError as err:
-        print(f"edgellm: cannot reach the broker at {cfg.mqtt.host}:{cfg.mqtt.port}: {err}",
-              file=sys.stderr)
+        print(
+            f"edgellm: cannot reach the broker at {cfg.mqtt.host}:{cfg.mqtt.port}: {err}",
+            file=sys.stderr,
+        )
         return 1
     client.loop_start()
     if not finished.wait(args.timeout):
-        print(f"edgellm: no reply within {args.timeout:.0f} s (is a node serving "
-              f"{topics.request}?)", file=sys.stderr)
+        print(
+            f"edgellm: no reply within {args.timeout:.0f} s (is a node serving {topics.request}?)",
+            file=sys.stderr,
+        )
         result["code"] = 1
         client.publish(topics.cancel, json.dumps({"id": rid}), qos=1).wait_for_publish(2)
     client.disconnect()
@@ -234,8 +254,12 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "ask": cmd_ask, "check-config": cmd_check_config,
-            "model": cmd_model}
+COMMANDS = {
+    "serve": cmd_serve,
+    "ask": cmd_ask,
+    "check-config": cmd_check_config,
+    "model": cmd_model,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,7 +101,9 @@ class LimitsConfig(_Section):
     max_tokens: int = Field(1024, ge=1, description="Upper bound on any request's max_tokens.")
     max_messages: int = Field(64, ge=1, description="Most chat messages in one request.")
     max_stop: int = Field(8, ge=0, le=32, description="Most stop strings in one request.")
-    queue_size: int = Field(8, ge=1, le=1024, description="Requests waiting beyond the running one.")
+    queue_size: int = Field(
+        8, ge=1, le=1024, description="Requests waiting beyond the running one."
+    )
     request_timeout_s: float = Field(
         120.0, gt=0, description="Deadline from arrival to the end of generation."
     )

@@ -119,7 +119,9 @@ class Engine:
     def cancel(self, request_id: str) -> bool:
         """Stop a running generation between tokens, or answer a waiting one at once."""
         with self._lock:
-            job = self._current if self._current and self._current.request.id == request_id else None
+            job = (
+                self._current if self._current and self._current.request.id == request_id else None
+            )
             job = job or self._queue.find(request_id)
         if job is None:
             return False
@@ -137,7 +139,7 @@ class Engine:
         return self._current is not None
 
     def stop(self, grace_s: float) -> None:
-        """Refuse new work, let the running job finish within grace_s, then cancel it; free the model."""
+        """Refuse new work, let the running job finish within grace_s, then free the model."""
         self._stop.set()
         for job in self._queue.drain():
             job.finish_error(ErrorCode.CANCELLED, "the daemon is shutting down")
@@ -201,7 +203,9 @@ class Engine:
         eos, bos = llm.token_eos(), llm.token_bos()
         eos_text = llm._model.token_get_text(eos) if eos != -1 else ""
         self._bos_text = llm._model.token_get_text(bos) if bos != -1 else ""
-        self._add_bos = bool(llm._model.add_bos_token()) if hasattr(llm._model, "add_bos_token") else bos != -1
+        self._add_bos = (
+            bool(llm._model.add_bos_token()) if hasattr(llm._model, "add_bos_token") else bos != -1
+        )
         if template:
             self._chat_format = llama_chat_format.Jinja2ChatFormatter(
                 template=template, eos_token=eos_text, bos_token=self._bos_text
@@ -255,7 +259,9 @@ class Engine:
         try:
             prompt = self._chat_format(messages=messages).prompt
         except Exception as err:  # the template's own raise_exception, e.g. role order
-            raise _Rejected(ErrorCode.BAD_REQUEST, f"chat template refused the messages: {err}") from None
+            raise _Rejected(
+                ErrorCode.BAD_REQUEST, f"chat template refused the messages: {err}"
+            ) from None
         add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
         # special=True: the template's control tokens (<|im_start|>) must become single tokens.
         return llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
@@ -296,7 +302,13 @@ class Engine:
             reason = "context" if max_new == room else "limit"
             notes["max_tokens"] = {"requested": wanted, "used": max_new, "reason": reason}
 
-        llm.set_seed(req.seed if req.seed is not None else _RANDOM_SEED)
+        if req.seed is not None:
+            # Reusing a cached prefix changes the logits' rounding (batch vs. single-token
+            # kernels), so a seeded request evaluates its prompt afresh: same seed, same text.
+            llm.reset()
+            llm.set_seed(req.seed)
+        else:
+            llm.set_seed(_RANDOM_SEED)
         temp = req.temperature if req.temperature is not None else self._gen.temperature
         top_p = req.top_p if req.top_p is not None else self._gen.top_p
 

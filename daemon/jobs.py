@@ -1,4 +1,4 @@
-"""Accepted work: a Job carries one request to exactly one terminal reply; JobQueue bounds the wait."""
+"""Accepted work: a Job ends in exactly one terminal reply; JobQueue bounds the wait."""
 
 from __future__ import annotations
 

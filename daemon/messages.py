@@ -1,4 +1,4 @@
-"""Typed request and reply payloads: parsing and validation of what arrives, encoding of what leaves."""
+"""Typed request and reply payloads: validating what arrives, encoding what leaves."""
 
 from __future__ import annotations
 
@@ -132,9 +132,7 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def parse_request(
-    msg: Incoming, topics: Topics, limits: LimitsConfig
-) -> Request | Rejection:
+def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Request | Rejection:
     """Turn an MQTT payload into a Request, or a Rejection saying clearly what is wrong."""
     v5_reply = None
     if msg.response_topic and is_publishable(msg.response_topic):
@@ -187,9 +185,7 @@ def parse_request(
         except ValidationError as err:
             return reject(ErrorCode.BAD_REQUEST, _error_text(err), rid, reply_to)
         if body.reply_to is not None and reply_to is None:
-            return reject(
-                ErrorCode.BAD_REQUEST, "reply_to: not a topic one can publish to", rid
-            )
+            return reject(ErrorCode.BAD_REQUEST, "reply_to: not a topic one can publish to", rid)
         problem = _check_limits(body, limits)
         if problem:
             return reject(ErrorCode.BAD_REQUEST, problem, rid, reply_to)
@@ -328,5 +324,6 @@ def parse_cancel(payload: bytes) -> str | None:
             raw = json.loads(text)
         except json.JSONDecodeError:
             return None
-        text = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else ""
+        rid = raw.get("id") if isinstance(raw, dict) else None
+        text = rid if isinstance(rid, str) else ""
     return text if text and _valid_id(text) else None

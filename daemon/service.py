@@ -76,8 +76,13 @@ class MqttSink:
     def error(self, request: Request, code: ErrorCode, message: str, extra: dict) -> None:
         self._send(request, error_payload(request.id, code, message, extra))
         self._counters[str(code)] += 1
-        log.info("request", id=request.id, outcome=str(code), detail=message,
-                 **{k: v for k, v in extra.items() if k == "usage"})
+        log.info(
+            "request",
+            id=request.id,
+            outcome=str(code),
+            detail=message,
+            **{k: v for k, v in extra.items() if k == "usage"},
+        )
 
 
 class Service:
@@ -115,8 +120,9 @@ class Service:
         except models.ModelError as err:
             log.error("model_unavailable", error=str(err))
             return EXIT_MODEL
-        self.engine = Engine(path, self.cfg.model.name, self.cfg.model, self.cfg.generation,
-                             self.cfg.limits)
+        self.engine = Engine(
+            path, self.cfg.model.name, self.cfg.model, self.cfg.generation, self.cfg.limits
+        )
         # Connect while the model loads: both take a moment and neither needs the other.
         self.transport = Transport(
             self.cfg.mqtt,
@@ -145,8 +151,11 @@ class Service:
                 break
             if not ready_logged and self.transport.ready.is_set():
                 ready_logged = True
-                log.info("ready", startup_ms=round((time.monotonic() - t0) * 1000, 1),
-                         request_topic=self.topics.request)
+                log.info(
+                    "ready",
+                    startup_ms=round((time.monotonic() - t0) * 1000, 1),
+                    request_topic=self.topics.request,
+                )
         self.shutdown()
         return code
 
@@ -166,8 +175,9 @@ class Service:
     def _on_request(self, msg: Incoming) -> None:
         assert self.engine is not None and self.transport is not None
         parsed = parse_request(msg, self.topics, self.cfg.limits)
-        sink = MqttSink(self.transport, self.cfg.mqtt.reply_qos, self.cfg.logging.log_prompts,
-                        self.counters)
+        sink = MqttSink(
+            self.transport, self.cfg.mqtt.reply_qos, self.cfg.logging.log_prompts, self.counters
+        )
         if isinstance(parsed, Rejection):
             self._reject(parsed)
             return
@@ -185,9 +195,14 @@ class Service:
             )
         except DuplicateId:
             # Not the job's own reply: the original request still gets its one terminal reply.
-            self._reject(Rejection(ErrorCode.BAD_REQUEST,
-                                   "a request with this id is already queued or running",
-                                   parsed.id, parsed.reply))
+            self._reject(
+                Rejection(
+                    ErrorCode.BAD_REQUEST,
+                    "a request with this id is already queued or running",
+                    parsed.id,
+                    parsed.reply,
+                )
+            )
 
     def _reject(self, rej: Rejection) -> None:
         assert self.transport is not None
@@ -196,8 +211,12 @@ class Service:
             # Nowhere to answer: log and count, never guess a topic.
             log.warning("request_rejected_unanswerable", code=str(rej.code), detail=rej.message)
             return
-        self.transport.publish(rej.reply.topic, error_payload(rej.id, rej.code, rej.message),
-                               self.cfg.mqtt.reply_qos, rej.reply.correlation)
+        self.transport.publish(
+            rej.reply.topic,
+            error_payload(rej.id, rej.code, rej.message),
+            self.cfg.mqtt.reply_qos,
+            rej.reply.correlation,
+        )
         log.info("request", id=rej.id, outcome=str(rej.code), detail=rej.message)
 
     def _on_cancel(self, payload: bytes) -> None:

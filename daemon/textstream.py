@@ -50,7 +50,7 @@ class StopMatcher:
 
 # A sentence ends at . ! ? … (optionally followed by closing quotes or brackets) before
 # white space, or at a line break. "3.14" and "e.g.x" do not end one: white space must follow.
-_SENTENCE_END = re.compile(r"""(?:[.!?…]+["'”’)\]]*\s+|\n+)""")
+_SENTENCE_END = re.compile(r"""(?:[.!?…]+["'”’)\]]*\s+|\n+)""")  # noqa: RUF001
 
 
 class SentenceChunker:
@@ -68,7 +68,11 @@ class SentenceChunker:
         start = 0
         for m in _SENTENCE_END.finditer(self._buf):
             candidate = self._buf[start : m.end()].strip()
-            if len(candidate) < self._min_chars and m.group().strip() != "" and "\n" not in m.group():
+            if (
+                len(candidate) < self._min_chars
+                and m.group().strip() != ""
+                and "\n" not in m.group()
+            ):
                 continue
             if candidate:
                 out.append(candidate)

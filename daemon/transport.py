@@ -5,6 +5,7 @@ Only this module imports paho.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -29,10 +30,8 @@ _FATAL_CONNACK = {134: "bad user name or password", 135: "not authorized"}
 
 def _nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
     # Without TCP_NODELAY, Nagle + delayed ACK add ~40 ms to each QoS 1 exchange on loopback.
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
 
 
 def make_client(
@@ -101,8 +100,9 @@ class Transport:
             kwargs["clean_start"] = True
         self._client.connect_async(self._cfg.host, self._cfg.port, **kwargs)
         self._client.loop_start()
-        log.info("mqtt_connecting", host=self._cfg.host, port=self._cfg.port,
-                 protocol=self._cfg.protocol)
+        log.info(
+            "mqtt_connecting", host=self._cfg.host, port=self._cfg.port, protocol=self._cfg.protocol
+        )
 
     def set_status(self, payload: bytes) -> None:
         """Remember the retained status; it is published after every (re)subscribe."""
@@ -159,11 +159,11 @@ class Transport:
             return
         log.info("mqtt_connected")
         # Subscribing here renews the subscriptions after every reconnect (paho's README).
-        _rc, self._sub_mid = client.subscribe(
-            [(self._topics.request, 1), (self._topics.cancel, 1)]
-        )
+        _rc, self._sub_mid = client.subscribe([(self._topics.request, 1), (self._topics.cancel, 1)])
 
-    def _handle_subscribe(self, client: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+    def _handle_subscribe(
+        self, client: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any
+    ) -> None:
         if mid != self._sub_mid:
             return
         failed = [c for c in codes if getattr(c, "is_failure", False)]
@@ -182,12 +182,13 @@ class Transport:
 
     def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = time.monotonic()
+        payload = bytes(msg.payload)
         if msg.topic == self._topics.cancel:
-            self._on_cancel(msg.payload)
+            self._on_cancel(payload)
             return
         response_topic = correlation = None
         props = getattr(msg, "properties", None)
         if props is not None:
             response_topic = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)
-        self._on_request(Incoming(msg.payload, response_topic, correlation, received))
+        self._on_request(Incoming(payload, response_topic, correlation, received))

@@ -34,8 +34,9 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def daemon(broker: Broker, model_path: Path, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Daemon]:
+def daemon(
+    broker: Broker, model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
     """One daemon on the default model, shared by the end-to-end tests that leave it healthy."""
     d = Daemon(broker, tmp_path_factory.mktemp("daemon")).start()
     yield d

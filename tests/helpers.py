@@ -1,4 +1,4 @@
-"""Test-side parts: a real mosquitto on a free loopback port, an MQTT test client, a daemon process."""
+"""Test parts: a real mosquitto on a free loopback port, an MQTT client, a daemon process."""
 
 from __future__ import annotations
 
@@ -109,7 +109,10 @@ class Client:
         except ValueError:
             body = {"raw": msg.payload.decode("utf-8", "replace")}
         corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
-        self._queue(msg.topic).put(Reply(msg.topic, body, corr))
+        # Queues are keyed by subscription, so a wildcard subscriber finds what it matched.
+        for sub in list(self._queues):
+            if mqtt.topic_matches_sub(sub, msg.topic):
+                self._queues[sub].put(Reply(msg.topic, body, corr))
 
     def _queue(self, topic: str) -> queue.Queue[Reply]:
         return self._queues.setdefault(topic, queue.Queue())
@@ -126,8 +129,13 @@ class Client:
                 pass
         raise TimeoutError(f"no SUBACK for {topic}")
 
-    def publish(self, topic: str, payload: bytes | str, response_topic: str | None = None,
-                correlation: bytes | None = None) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
         props = None
         if self.v5 and (response_topic or correlation):
             props = Properties(PacketTypes.PUBLISH)

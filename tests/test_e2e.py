@@ -16,15 +16,25 @@ pytestmark = pytest.mark.model
 GREEDY = {"temperature": 0, "seed": 1}
 
 
-def ask(client: Client, daemon: Daemon, body: dict | str | bytes, *, v5: bool = True,
-        timeout: float = 120) -> list:
+def ask(
+    client: Client,
+    daemon: Daemon,
+    body: dict | str | bytes,
+    *,
+    v5: bool = True,
+    timeout: float = 120,
+) -> list:
     """Send one request with a fresh reply topic; return every reply up to the terminal one."""
     topic = f"test/replies/{uuid.uuid4().hex}"
     client.subscribe(topic)
     payload = json.dumps(body) if isinstance(body, dict) else body
     if v5:
-        client.publish(f"{daemon.prefix}/request", payload, response_topic=topic,
-                       correlation=b"corr-" + topic.encode()[-6:])
+        client.publish(
+            f"{daemon.prefix}/request",
+            payload,
+            response_topic=topic,
+            correlation=b"corr-" + topic.encode()[-6:],
+        )
     else:
         assert isinstance(body, dict)
         client.publish(f"{daemon.prefix}/request", json.dumps({**body, "reply_to": topic}))
@@ -41,8 +51,9 @@ def test_status_is_retained_online_with_details(daemon: Daemon):
 
 
 def test_v5_request_gets_one_done_reply_with_correlation(client: Client, daemon: Daemon):
-    replies = ask(client, daemon, {"prompt": "What is the capital of France?",
-                                   "max_tokens": 24, **GREEDY})
+    replies = ask(
+        client, daemon, {"prompt": "What is the capital of France?", "max_tokens": 24, **GREEDY}
+    )
     assert len(replies) == 1
     done = replies[0]
     assert done.body["type"] == "done"
@@ -57,8 +68,9 @@ def test_v5_request_gets_one_done_reply_with_correlation(client: Client, daemon:
 
 
 def test_mqtt311_client_with_reply_to(client311: Client, daemon: Daemon):
-    replies = ask(client311, daemon, {"id": "v3-req", "prompt": "Say hello.", "max_tokens": 16},
-                  v5=False)
+    replies = ask(
+        client311, daemon, {"id": "v3-req", "prompt": "Say hello.", "max_tokens": 16}, v5=False
+    )
     assert [r.body["type"] for r in replies] == ["done"]
     assert replies[0].body["id"] == "v3-req"
     assert replies[0].body["text"].strip()
@@ -73,18 +85,35 @@ def test_plain_text_payload_answers_on_the_default_topic(client311: Client, daem
     assert reply.body["text"].strip()
 
 
-def test_chat_messages_with_system_prompt(client: Client, daemon: Daemon):
-    replies = ask(client, daemon, {
-        "messages": [{"role": "system", "content": "You answer in one word."},
-                     {"role": "user", "content": "What colour is grass?"}],
-        "max_tokens": 8, **GREEDY})
-    assert replies[-1].body["type"] == "done"
-    assert "green" in replies[-1].body["text"].lower()
+def test_chat_messages_and_system_prompt_reach_the_template(client: Client, daemon: Daemon):
+    user = {"role": "user", "content": "What colour is grass?"}
+    short = {"role": "system", "content": "Be brief."}
+    long = {
+        "role": "system",
+        "content": "You are a patient gardener. You explain plants, "
+        "soil, light and water to children in simple words, one short sentence at a time.",
+    }
+    r_short = ask(client, daemon, {"messages": [short, user], "max_tokens": 8, **GREEDY})[-1].body
+    r_long = ask(client, daemon, {"messages": [long, user], "max_tokens": 8, **GREEDY})[-1].body
+    via_field = ask(
+        client,
+        daemon,
+        {"system": long["content"], "prompt": user["content"], "max_tokens": 8, **GREEDY},
+    )[-1].body
+    assert r_short["type"] == r_long["type"] == via_field["type"] == "done"
+    assert r_short["text"].strip() and r_long["text"].strip()
+    # The system text went into the prompt, the same way through both request forms.
+    assert r_long["usage"]["prompt_tokens"] - r_short["usage"]["prompt_tokens"] >= 15
+    assert via_field["usage"]["prompt_tokens"] == r_long["usage"]["prompt_tokens"]
+    assert via_field["text"] == r_long["text"]
 
 
 def test_streaming_deltas_in_order_then_done(client: Client, daemon: Daemon):
-    replies = ask(client, daemon, {"prompt": "Tell me about the moon.", "max_tokens": 40,
-                                   "stream": True, **GREEDY})
+    replies = ask(
+        client,
+        daemon,
+        {"prompt": "Tell me about the moon.", "max_tokens": 40, "stream": True, **GREEDY},
+    )
     *deltas, done = replies
     assert done.body["type"] == "done"
     assert len(deltas) >= 5
@@ -96,8 +125,16 @@ def test_streaming_deltas_in_order_then_done(client: Client, daemon: Daemon):
 
 
 def test_sentence_mode_streams_whole_sentences(client: Client, daemon: Daemon):
-    replies = ask(client, daemon, {"prompt": "Explain in three sentences why the sky is blue.",
-                                   "max_tokens": 120, "stream": "sentences", **GREEDY})
+    replies = ask(
+        client,
+        daemon,
+        {
+            "prompt": "Explain in three sentences why the sky is blue.",
+            "max_tokens": 120,
+            "stream": "sentences",
+            **GREEDY,
+        },
+    )
     *sentences, done = replies
     assert done.body["type"] == "done"
     assert len(sentences) >= 2
@@ -120,16 +157,21 @@ def test_stop_string_ends_generation_and_is_not_returned(client: Client, daemon:
 
 
 def test_same_seed_same_text(client: Client, daemon: Daemon):
-    body = {"prompt": "Write a short poem about rain.", "max_tokens": 30,
-            "temperature": 0.9, "seed": 1234}
+    body = {
+        "prompt": "Write a short poem about rain.",
+        "max_tokens": 30,
+        "temperature": 0.9,
+        "seed": 1234,
+    }
     first = ask(client, daemon, body)[-1].body["text"]
     second = ask(client, daemon, body)[-1].body["text"]
     assert first == second
 
 
 def test_max_tokens_above_the_limit_is_clamped_and_said(client: Client, daemon: Daemon):
-    done = ask(client, daemon, {"prompt": "Hi", "max_tokens": 100000, "stop": ["."],
-                                **GREEDY})[-1].body
+    done = ask(client, daemon, {"prompt": "Hi", "max_tokens": 100000, "stop": ["."], **GREEDY})[
+        -1
+    ].body
     assert done["type"] == "done"
     assert done["max_tokens"] == {"requested": 100000, "used": 1024, "reason": "limit"}
 
@@ -145,10 +187,20 @@ def test_prompt_longer_than_the_context_is_too_long(client: Client, daemon: Daem
 def test_cancel_stops_a_running_generation(client: Client, daemon: Daemon):
     topic = f"test/replies/{uuid.uuid4().hex}"
     client.subscribe(topic)
-    client.publish(f"{daemon.prefix}/request", json.dumps({
-        "id": "to-cancel", "prompt": "Write a very long story about a dragon.",
-        "max_tokens": 1000, "stream": True, "temperature": 0.8, "seed": 3}),
-        response_topic=topic)
+    client.publish(
+        f"{daemon.prefix}/request",
+        json.dumps(
+            {
+                "id": "to-cancel",
+                "prompt": "Write a very long story about a dragon.",
+                "max_tokens": 1000,
+                "stream": True,
+                "temperature": 0.8,
+                "seed": 3,
+            }
+        ),
+        response_topic=topic,
+    )
     first = client.next(topic, 60)
     assert first.body["type"] == "delta"
     sent = time.monotonic()
@@ -172,8 +224,7 @@ def test_cancel_stops_a_running_generation(client: Client, daemon: Daemon):
         (bytes(range(256)), "bad_request"),
         (b"x" * 1_000_000, "too_long"),
     ],
-    ids=["invalid-json", "wrong-type", "wrong-type-2", "unknown-field", "empty", "binary",
-         "1MB"],
+    ids=["invalid-json", "wrong-type", "wrong-type-2", "unknown-field", "empty", "binary", "1MB"],
 )
 def test_malformed_request_gets_error_and_daemon_keeps_serving(
     client: Client, daemon: Daemon, payload: bytes, code: str
@@ -199,12 +250,16 @@ def test_unanswerable_malformed_request_is_logged_not_answered(client: Client, d
 
 def test_one_log_line_per_request_and_no_prompt_text(client: Client, daemon: Daemon):
     secret = f"my-secret-{uuid.uuid4().hex}"
-    done = ask(client, daemon, {"id": "logged-1", "prompt": f"Repeat: {secret}",
-                                "max_tokens": 30, **GREEDY})[-1].body
+    done = ask(
+        client,
+        daemon,
+        {"id": "logged-1", "prompt": f"Repeat: {secret}", "max_tokens": 30, **GREEDY},
+    )[-1].body
     assert done["type"] == "done"
     time.sleep(0.2)
-    lines = [e for e in daemon.log_events() if e.get("event") == "request"
-             and e.get("id") == "logged-1"]
+    lines = [
+        e for e in daemon.log_events() if e.get("event") == "request" and e.get("id") == "logged-1"
+    ]
     assert len(lines) == 1
     line = lines[0]
     assert line["outcome"] == "done"

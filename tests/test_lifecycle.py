@@ -23,8 +23,12 @@ def send(client: Client, daemon: Daemon, body: dict) -> str:
     return topic
 
 
-LONG = {"prompt": "Write a very long story about a dragon and a knight.", "max_tokens": 400,
-        "temperature": 0.8, "seed": 5}
+LONG = {
+    "prompt": "Write a very long story about a dragon and a knight.",
+    "max_tokens": 400,
+    "temperature": 0.8,
+    "seed": 5,
+}
 
 
 def test_full_queue_answers_busy_and_every_accepted_request_finishes(
@@ -62,8 +66,7 @@ def test_deadline_gives_a_timeout_error(broker: Broker, model_path: Path, tmp_pa
         d.stop()
 
 
-def test_sigterm_publishes_offline_and_exits_zero(broker: Broker, model_path: Path,
-                                                  tmp_path: Path):
+def test_sigterm_publishes_offline_and_exits_zero(broker: Broker, model_path: Path, tmp_path: Path):
     d = Daemon(broker, tmp_path).start()
     client = Client(broker)
     try:
@@ -130,10 +133,27 @@ def test_missing_model_exits_with_a_clear_error(broker: Broker, tmp_path: Path):
 
 def test_cli_ask_streams_the_answer(broker: Broker, daemon: Daemon):
     out = subprocess.run(
-        [sys.executable, "-m", "daemon", "ask", "--host", broker.host, "--port",
-         str(broker.port), "--node-id", daemon.node_id, "--temperature", "0",
-         "--max-tokens", "20", "What is the capital of France?"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "ask",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--node-id",
+            daemon.node_id,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "20",
+            "What is the capital of France?",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
@@ -141,9 +161,26 @@ def test_cli_ask_streams_the_answer(broker: Broker, daemon: Daemon):
 
 def test_cli_ask_reports_errors(broker: Broker, daemon: Daemon):
     out = subprocess.run(
-        [sys.executable, "-m", "daemon", "ask", "--host", broker.host, "--port",
-         str(broker.port), "--node-id", daemon.node_id, "--v311", "--max-tokens", "0", "x"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "ask",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--node-id",
+            daemon.node_id,
+            "--v311",
+            "--max-tokens",
+            "0",
+            "x",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 1
     assert "bad_request" in out.stderr

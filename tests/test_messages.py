@@ -25,8 +25,9 @@ TOPICS = Topics("edgellm", "node1")
 LIMITS = LimitsConfig()
 
 
-def parse(payload: bytes | str | dict, response_topic: str | None = None,
-          correlation: bytes | None = None) -> Request | Rejection:
+def parse(
+    payload: bytes | str | dict, response_topic: str | None = None, correlation: bytes | None = None
+) -> Request | Rejection:
     if isinstance(payload, dict):
         payload = json.dumps(payload)
     if isinstance(payload, str):
@@ -58,12 +59,21 @@ def test_reply_to_used_without_v5_properties():
 
 
 def test_full_chat_request():
-    req = parse({
-        "id": "r1", "messages": [{"role": "system", "content": "be brief"},
-                                 {"role": "user", "content": "hi"}],
-        "max_tokens": 20, "temperature": 0, "top_p": 1, "stop": "\n", "seed": 7,
-        "stream": "sentences",
-    })
+    req = parse(
+        {
+            "id": "r1",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+            ],
+            "max_tokens": 20,
+            "temperature": 0,
+            "top_p": 1,
+            "stop": "\n",
+            "seed": 7,
+            "stream": "sentences",
+        }
+    )
     assert isinstance(req, Request)
     assert [m.role for m in req.messages or ()] == ["system", "user"]
     assert (req.max_tokens, req.temperature, req.top_p, req.seed) == (20, 0.0, 1.0, 7)
@@ -87,8 +97,11 @@ def test_full_chat_request():
         (b'{"prompt": "x", "stream": "yes"}', ErrorCode.BAD_REQUEST, "stream"),
         (b'{"prompt": "x", "stop": ["a", ""]}', ErrorCode.BAD_REQUEST, "empty strings"),
         (b'{"prompt": "x", "id": "has space"}', ErrorCode.BAD_REQUEST, "id"),
-        (b'{"prompt": "x", "messages": [{"role": "user", "content": "y"}]}',
-         ErrorCode.BAD_REQUEST, "exactly one"),
+        (
+            b'{"prompt": "x", "messages": [{"role": "user", "content": "y"}]}',
+            ErrorCode.BAD_REQUEST,
+            "exactly one",
+        ),
         (b'{"max_tokens": 5}', ErrorCode.BAD_REQUEST, "exactly one"),
         (b'{"messages": [{"role": "wizard", "content": "y"}]}', ErrorCode.BAD_REQUEST, "role"),
         (b'{"prompt": "x", "reply_to": "a/+/b"}', ErrorCode.BAD_REQUEST, "reply_to"),
@@ -147,13 +160,35 @@ def test_any_bytes_parse_without_raising(payload):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(
-    st.sampled_from(["id", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop",
-                     "seed", "stream", "reply_to", "system", "extra"]),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-                 | st.text(max_size=20), lambda c: st.lists(c, max_size=3)
-                 | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8),
-))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "id",
+                "prompt",
+                "messages",
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "stop",
+                "seed",
+                "stream",
+                "reply_to",
+                "system",
+                "extra",
+            ]
+        ),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False)
+            | st.text(max_size=20),
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+            max_leaves=8,
+        ),
+    )
+)
 def test_any_json_object_parses_without_raising(body):
     result = parse(json.dumps(body), "r")
     assert isinstance(result, Request | Rejection)
@@ -163,8 +198,16 @@ def test_any_json_object_parses_without_raising(body):
 
 @pytest.mark.parametrize(
     ("payload", "expected"),
-    [(b'{"id": "abc"}', "abc"), (b"abc", "abc"), (b" abc\n", "abc"), (b"{}", None),
-     (b'{"id": 5}', None), (b"\xff", None), (b"a b", None), (b"", None)],
+    [
+        (b'{"id": "abc"}', "abc"),
+        (b"abc", "abc"),
+        (b" abc\n", "abc"),
+        (b"{}", None),
+        (b'{"id": 5}', None),
+        (b"\xff", None),
+        (b"a b", None),
+        (b"", None),
+    ],
 )
 def test_parse_cancel(payload, expected):
     assert parse_cancel(payload) == expected

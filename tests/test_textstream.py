@@ -51,9 +51,11 @@ def _split(text: str, cuts: list[int]) -> list[str]:
     return pieces
 
 
-@given(st.text(alphabet="ab.<|>\n ", max_size=60),
-       st.lists(st.text(alphabet="ab<|>", min_size=1, max_size=4), max_size=3),
-       st.lists(st.integers(0, 100), max_size=8))
+@given(
+    st.text(alphabet="ab.<|>\n ", max_size=60),
+    st.lists(st.text(alphabet="ab<|>", min_size=1, max_size=4), max_size=3),
+    st.lists(st.integers(0, 100), max_size=8),
+)
 def test_stop_matcher_equals_cutting_at_first_stop(text, stops, cuts):
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     expected = text[: min(hits)] if hits else text

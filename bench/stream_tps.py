@@ -1,0 +1,105 @@
+"""Decode tokens/s of a streamed reply over MQTT vs. in-process llama-cpp-python (target 0.95x).
+
+Same model, threads, prompt and sampling (greedy, repeat penalty 1.1, so both produce the same
+tokens). In-process: create_chat_completion(stream=True), chunk arrival times. Over MQTT: the
+`delta` arrival times at a client on loopback. Decode speed = (tokens - 1) / (last - first), so
+prompt processing is excluded from both. The two never run at the same time; the in-process
+figure is taken before and after the MQTT runs to show drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import uuid
+
+from bench.common import Broker, Client, Daemon, free_port, report, workdir
+from daemon import models
+from daemon.engine import default_threads
+
+PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
+
+
+def in_process(path: str, threads: int, max_tokens: int, runs: int) -> list[float]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_batch=256, verbose=False)
+    out = []
+    for _ in range(runs):
+        stamps = []
+        for chunk in llm.create_chat_completion(
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=max_tokens,
+            temperature=0,
+            repeat_penalty=1.1,
+            stream=True,
+        ):
+            if chunk["choices"][0]["delta"].get("content"):
+                stamps.append(time.monotonic())
+        out.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    llm.close()
+    return out
+
+
+def over_mqtt(threads: int, max_tokens: int, runs: int) -> tuple[list[float], list[float]]:
+    tmp = workdir()
+    broker = Broker(free_port(), tmp).start()
+    d = Daemon(broker, tmp, settings={"model": {"n_threads": threads}}).start()
+    client = Client(broker)
+    tps, engine_tps = [], []
+    try:
+        for _ in range(runs + 1):
+            topic = f"bench/{uuid.uuid4().hex}"
+            client.subscribe(topic)
+            client.publish(
+                f"{d.prefix}/request",
+                json.dumps(
+                    {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+                ),
+                response_topic=topic,
+            )
+            stamps = []
+            while True:
+                r = client.next(topic, 120)
+                if r.body["type"] != "delta":
+                    break
+                stamps.append(time.monotonic())
+            tps.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+            engine_tps.append(r.body["timings"]["tokens_per_s"])
+    finally:
+        client.close()
+        d.stop()
+        broker.stop()
+    return tps[1:], engine_tps[1:]  # the first run warms the page cache and the KV cache
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=default_threads())
+    args = ap.parse_args()
+    path = str(models.locate(models.DEFAULT_MODEL, None))
+    before = in_process(path, args.threads, args.max_tokens, args.runs)
+    mqtt, engine = over_mqtt(args.threads, args.max_tokens, args.runs)
+    after = in_process(path, args.threads, args.max_tokens, args.runs)
+    base = statistics.median(before + after)
+    report(
+        "stream_decode_tokens_per_s",
+        {
+            "threads": args.threads,
+            "max_tokens": args.max_tokens,
+            "in_process_before": [round(x, 1) for x in before],
+            "in_process_after": [round(x, 1) for x in after],
+            "mqtt_client_side": [round(x, 1) for x in mqtt],
+            "daemon_reported": [round(x, 1) for x in engine],
+            "ratio_median": round(statistics.median(mqtt) / base, 3),
+            "target_ratio": 0.95,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
