@@ -24,11 +24,13 @@ class StopMatcher:
         if not self._stops:
             return piece
         text = self._held + piece
-        hits = [i for i in (text.find(s) for s in self._stops) if i >= 0]
+        # The match that ends first is the one a token-by-token stream meets first, so the
+        # result does not depend on how the text was split into pieces.
+        hits = [(i + len(s), i) for s in self._stops if (i := text.find(s)) >= 0]
         if hits:
             self.stopped = True
             self._held = ""
-            return text[: min(hits)]
+            return text[: min(hits)[1]]
         keep = self._longest_partial_suffix(text)
         self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]

@@ -35,6 +35,10 @@ def test_earliest_of_several_stops_wins():
     assert stopped
 
 
+def test_overlapping_stops_do_not_depend_on_the_split():
+    assert run_stops(["<b<"], ["b", "<b<"]) == run_stops(["<b", "<"], ["b", "<b<"]) == ("<", True)
+
+
 def test_held_text_is_flushed_at_the_end():
     out, stopped = run_stops(["ends with <|"], ["<|end|>"])
     assert out == "ends with <|"
@@ -56,9 +60,9 @@ def _split(text: str, cuts: list[int]) -> list[str]:
     st.lists(st.text(alphabet="ab<|>", min_size=1, max_size=4), max_size=3),
     st.lists(st.integers(0, 100), max_size=8),
 )
-def test_stop_matcher_equals_cutting_at_first_stop(text, stops, cuts):
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    expected = text[: min(hits)] if hits else text
+def test_stop_matcher_cuts_at_the_first_stop_to_complete(text, stops, cuts):
+    hits = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
+    expected = text[: min(hits)[1]] if hits else text
     out, stopped = run_stops(_split(text, cuts), stops)
     assert out == expected
     assert stopped == bool(hits)
