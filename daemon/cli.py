@@ -232,9 +232,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from daemon import config, models
+    from daemon import config, logsetup, models
 
     cfg = config.load(args.config)
+    logsetup.configure(cfg.logging.level, cfg.logging.format)
     models_dir = args.dir or cfg.model.dir
     if args.model_command == "list":
         for name, path in models.installed(models_dir):

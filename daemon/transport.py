@@ -76,6 +76,9 @@ class Transport:
         self._on_cancel = on_cancel
         self._v5 = cfg.protocol == "5"
         self._status: bytes | None = None
+        # Orders set_status() against the SUBACK handler, so `online` is published exactly
+        # once the model is ready and the request topic is subscribed, whichever comes last.
+        self._status_lock = threading.Lock()
         self._offline = offline_payload
         self.ready = threading.Event()
         self.fatal: str | None = None
@@ -106,9 +109,10 @@ class Transport:
 
     def set_status(self, payload: bytes) -> None:
         """Remember the retained status; it is published after every (re)subscribe."""
-        self._status = payload
-        if self.ready.is_set():
-            self._client.publish(self._topics.status, payload, qos=1, retain=True)
+        with self._status_lock:
+            self._status = payload
+            if self.ready.is_set():
+                self._client.publish(self._topics.status, payload, qos=1, retain=True)
 
     def publish(
         self, topic: str, payload: bytes, qos: int, correlation: bytes | None = None
@@ -170,9 +174,10 @@ class Transport:
         if failed:
             log.error("mqtt_subscribe_refused", reasons=[str(c) for c in failed])
             return
-        if self._status is not None:
-            client.publish(self._topics.status, self._status, qos=1, retain=True)
-        self.ready.set()
+        with self._status_lock:
+            if self._status is not None:
+                client.publish(self._topics.status, self._status, qos=1, retain=True)
+            self.ready.set()
         log.info("mqtt_subscribed", request=self._topics.request)
 
     def _handle_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 deploy/bootstrap.sh --test
 venv="${EDGELLM_VENV:-.venv}"
 "$venv/bin/edgellm" model fetch smollm2-135m
+"$venv/bin/edgellm" model fetch gemma3-270m
 # With the model fetched, a test that needs it must run, never skip.
 export EDGELLM_REQUIRE_MODEL=1
 exec "$venv/bin/python" -m pytest "$@"
