@@ -14,7 +14,7 @@ import structlog
 
 from daemon.config import GenerationConfig, LimitsConfig, ModelConfig
 from daemon.jobs import Job, JobQueue, QueueFull
-from daemon.messages import Done, ErrorCode, Request, StreamMode, Timings, Usage
+from daemon.messages import ChatMessage, Done, ErrorCode, StreamMode, Timings, Usage
 from daemon.textstream import SentenceChunker, StopMatcher
 
 log = structlog.get_logger(__name__)
@@ -240,22 +240,7 @@ class Engine:
         request starts as fast as later ones: voice assistants wait on the first sentence.
         """
         t0 = time.monotonic()
-        probe = Request(
-            id="warm-up",
-            reply=None,
-            messages=None,
-            prompt="Hi",
-            system=None,  # type: ignore[arg-type]
-            max_tokens=1,
-            temperature=0.0,
-            top_p=None,
-            stop=(),
-            seed=None,
-            stream=StreamMode.OFF,
-            received_at=t0,
-            deadline=t0,
-        )
-        tokens = self._prompt_tokens(probe)
+        tokens = self._encode(prompt="Hi", messages=None, system=None)
         self._llm.eval(tokens[: self._llm.n_ctx() - 1])
         return (time.monotonic() - t0) * 1000
 
@@ -265,35 +250,38 @@ class Engine:
             self._llm = None
             log.info("model_closed", model=self._name)
 
-    def _prompt_tokens(self, req: Request) -> list[int]:
+    def _encode(
+        self, prompt: str | None, messages: tuple[ChatMessage, ...] | None, system: str | None
+    ) -> list[int]:
+        """The prompt tokens: through the chat template on a chat model, raw text otherwise."""
         llm = self._llm
-        system = req.system if req.system is not None else self._gen.system
+        system = system if system is not None else self._gen.system
         if self._chat_format is None:
-            if req.messages is not None:
+            if messages is not None:
                 raise _Rejected(
                     ErrorCode.BAD_REQUEST,
                     f"model {self._name} has no chat template: send 'prompt' for plain completion",
                 )
-            assert req.prompt is not None
-            text = f"{system}\n\n{req.prompt}" if system else req.prompt
+            assert prompt is not None
+            text = f"{system}\n\n{prompt}" if system else prompt
             return llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=False)
-        messages: list[dict[str, str]] = []
-        if system and not (req.messages and req.messages[0].role == "system"):
-            messages.append({"role": "system", "content": system})
-        if req.messages is not None:
-            messages.extend({"role": m.role, "content": m.content} for m in req.messages)
+        chat: list[dict[str, str]] = []
+        if system and not (messages and messages[0].role == "system"):
+            chat.append({"role": "system", "content": system})
+        if messages is not None:
+            chat.extend({"role": m.role, "content": m.content} for m in messages)
         else:
-            assert req.prompt is not None
-            messages.append({"role": "user", "content": req.prompt})
+            assert prompt is not None
+            chat.append({"role": "user", "content": prompt})
         try:
-            prompt = self._chat_format(messages=messages).prompt
+            text = self._chat_format(messages=chat).prompt
         except Exception as err:  # the template's own raise_exception, e.g. role order
             raise _Rejected(
                 ErrorCode.BAD_REQUEST, f"chat template refused the messages: {err}"
             ) from None
-        add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
+        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         # special=True: the template's control tokens (<|im_start|>) must become single tokens.
-        return llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def _run(self, job: Job) -> None:
         import llama_cpp
@@ -308,7 +296,7 @@ class Engine:
             return
         llm = self._llm
         try:
-            tokens = self._prompt_tokens(req)
+            tokens = self._encode(req.prompt, req.messages, req.system)
         except _Rejected as rej:
             job.finish_error(rej.code, rej.message)
             return
