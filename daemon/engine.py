@@ -41,7 +41,7 @@ class _Rejected(Exception):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the loaded model is, for the status message and the logs."""
+    """What the loaded model is, for the status message, the governor and the logs."""
 
     name: str
     path: str
@@ -51,6 +51,15 @@ class ModelInfo:
     n_threads: int
     n_threads_batch: int
     chat: bool
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Decode tokens/s measured at each thread count, and the count chosen as the ceiling."""
+
+    tokens_per_s: dict[int, float]
+    best: int
 
 
 def default_threads() -> int:
@@ -92,11 +101,24 @@ class Engine:
         self.info: ModelInfo | None = None
         # Last time the worker proved it is alive (between jobs and between tokens).
         self.heartbeat = clock()
+        # Limits asked for by other threads; the worker applies them at a safe point.
+        self._want_threads: int | None = None
+        self._want_ctx: int | None = None
+        self.threads = 0
+        self.n_ctx = 0
+        self.tokens_per_s_avg: float | None = None
+        self.sweep: SweepResult | None = None
+        self._sweep_on_start = False
 
     # -- called from other threads -------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> ModelInfo:
-        """Start the worker, load the model on it, and wait until it is ready."""
+    def start(self, timeout: float = 120.0, sweep_threads: bool = False) -> ModelInfo:
+        """Start the worker, load the model on it, and wait until it is ready.
+
+        With sweep_threads, the worker measures decode speed at each thread count before it
+        takes the first job (requests wait in the queue meanwhile).
+        """
+        self._sweep_on_start = sweep_threads
         self._thread.start()
         if not self._ready.wait(timeout):
             raise EngineError(f"model did not load within {timeout:.0f} s")
@@ -129,6 +151,20 @@ class Engine:
         if job is not self._current:
             job.finish_error(ErrorCode.CANCELLED, "cancelled before it started")
         return True
+
+    def set_limits(self, threads: int | None = None, n_ctx: int | None = None) -> None:
+        """Ask for a new thread count (applied between tokens) or context length (between jobs)."""
+        if threads is not None:
+            self._want_threads = threads
+        if n_ctx is not None:
+            self._want_ctx = n_ctx
+
+    def native_limits(self) -> tuple[int, int]:
+        """(threads, n_ctx) as llama.cpp itself reports them: proof that a change took effect."""
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        return llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_ctx(ctx)
 
     @property
     def queue_depth(self) -> int:
@@ -164,9 +200,14 @@ class Engine:
             return
         self._ready.set()
         try:
+            if self._sweep_on_start:
+                self._sweep()
             while not self._stop.is_set():
                 self.heartbeat = self._clock()
                 job = self._queue.get(timeout=_POLL_S)
+                # Limits asked for while waiting apply before the next job starts.
+                self._apply_threads()
+                self._apply_ctx()
                 if job is None:
                     continue
                 with self._lock:
@@ -220,7 +261,10 @@ class Engine:
             n_threads=llm.context_params.n_threads,
             n_threads_batch=llm.context_params.n_threads_batch,
             chat=template is not None,
+            metadata=dict(llm.metadata),
         )
+        self.threads = n_threads
+        self.n_ctx = llm.n_ctx()
         load_ms = (time.monotonic() - t0) * 1000
         warm_ms = self._warm_up()
         log.info(
@@ -243,6 +287,81 @@ class Engine:
         tokens = self._encode(prompt="Hi", messages=None, system=None)
         self._llm.eval(tokens[: self._llm.n_ctx() - 1])
         return (time.monotonic() - t0) * 1000
+
+    # -- limits, applied only on the worker thread ------------------------------------------------
+
+    def _apply_threads(self) -> None:
+        want = self._want_threads
+        if want is None:
+            return
+        self._want_threads = None
+        if want == self.threads:
+            return
+        t0 = time.perf_counter()
+        _set_threads(self._llm, want)
+        log.info(
+            "threads_changed",
+            old=self.threads,
+            new=want,
+            cost_us=round((time.perf_counter() - t0) * 1e6, 1),
+        )
+        self.threads = want
+
+    def _apply_ctx(self) -> None:
+        want = self._want_ctx
+        if want is None:
+            return
+        self._want_ctx = None
+        if want == self.n_ctx:
+            return
+        t0 = time.perf_counter()
+        _rebuild_context(self._llm, want)
+        cost_ms = (time.perf_counter() - t0) * 1000
+        self.n_ctx = want
+        log.info(
+            "context_rebuilt",
+            old=self.n_ctx,
+            new=want,
+            cost_ms=round(cost_ms, 1),
+            warm_up_ms=round(self._warm_up(), 1),
+        )
+
+    def _sweep(self, tokens: int = 24) -> SweepResult:
+        """Measure decode tokens/s at each thread count; the best becomes the ceiling.
+
+        On big.LITTLE boards and busy small boards fewer threads are often faster, so the
+        fastest count is measured, not assumed. Within 3 % of the best, fewer threads win.
+        """
+        import psutil
+
+        llm = self._llm
+        prompt = self._encode(
+            prompt="Count slowly from one to one hundred.", messages=None, system=None
+        )
+        results: dict[int, float] = {}
+        for n in range(1, max(self.threads, psutil.cpu_count() or 1) + 1):
+            _set_threads(llm, n)
+            llm.reset()
+            llm.set_seed(1)
+            stamps: list[float] = []
+            gen = llm.generate(prompt, temp=0.0)
+            try:
+                for _ in gen:
+                    self.heartbeat = self._clock()
+                    stamps.append(time.perf_counter())
+                    if len(stamps) > tokens:
+                        break
+            finally:
+                gen.close()
+            results[n] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        top = max(results.values())
+        best = min(n for n, tps in results.items() if tps >= 0.97 * top)
+        _set_threads(llm, best)
+        llm.reset()
+        self.threads = best
+        self.sweep = SweepResult({n: round(t, 1) for n, t in results.items()}, best)
+        log.info("thread_sweep", tokens_per_s=self.sweep.tokens_per_s, best=best)
+        return self.sweep
 
     def _close(self) -> None:
         if self._llm is not None:
@@ -366,6 +485,8 @@ class Engine:
                 self.heartbeat = now
                 if first_at is None:
                     first_at = now
+                if self._want_threads is not None:
+                    self._apply_threads()  # a hot reading acts within one token
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
                     break
@@ -406,6 +527,11 @@ class Engine:
         )
         if req.stream is not StreamMode.OFF:
             notes["seq"] = seq
+        if timings.tokens_per_s > 0:
+            avg = self.tokens_per_s_avg
+            self.tokens_per_s_avg = (
+                timings.tokens_per_s if avg is None else 0.7 * avg + 0.3 * timings.tokens_per_s
+            )
         job.finish_done(
             Done(
                 text="".join(parts),
@@ -415,3 +541,44 @@ class Engine:
                 notes=notes,
             )
         )
+
+
+# -- the two llama-cpp-python internals the governor needs; nothing else touches them ----------
+
+
+def _set_threads(llm: Any, n: int) -> None:
+    """Change the context's thread count in place (llama_set_n_threads): no reload."""
+    batch = max(n, llm.context_params.n_threads_batch)
+    llm._ctx.set_n_threads(n, batch)
+    llm.context_params.n_threads = n
+    llm.n_threads = n
+
+
+def _rebuild_context(llm: Any, n_ctx: int) -> None:
+    """Swap the context (and its KV cache) for one of n_ctx tokens; the model stays mapped.
+
+    llama-cpp-python has no public call for this; it mirrors what Llama.__init__ does. The old
+    context is freed first: on a Pi the point of a smaller context is the memory.
+    """
+    import contextlib
+
+    import numpy as np
+    from llama_cpp import _internals
+
+    llm._ctx.close()
+    llm._batch.close()
+    llm.context_params.n_ctx = n_ctx
+    llm._ctx = llm._stack.enter_context(
+        contextlib.closing(
+            _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
+        )
+    )
+    llm._batch = llm._stack.enter_context(
+        contextlib.closing(
+            _internals.LlamaBatch(n_tokens=llm.n_batch, embd=0, n_seq_max=n_ctx, verbose=False)
+        )
+    )
+    llm._n_ctx = n_ctx
+    llm.input_ids = np.ndarray((n_ctx,), dtype=np.intc)
+    llm.n_tokens = 0
+    llm._requires_eval = True

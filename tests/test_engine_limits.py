@@ -1,0 +1,112 @@
+"""The engine applies new limits live: threads between tokens, context between jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon import config
+from daemon.engine import Engine
+from daemon.jobs import Job
+from daemon.messages import Incoming, Request, parse_request
+from daemon.topics import Topics
+
+pytestmark = pytest.mark.model
+
+CFG = config.load(None)
+
+
+class Sink:
+    """Collects one job's replies."""
+
+    def __init__(self) -> None:
+        self.deltas: list[str] = []
+        self.result: dict = {}
+        self.finished = threading.Event()
+
+    def delta(self, request: Request, seq: int, text: str) -> None:
+        self.deltas.append(text)
+
+    def done(self, request: Request, done) -> None:
+        self.result = {"type": "done", "done": done}
+        self.finished.set()
+
+    def error(self, request: Request, code, message: str, extra: dict) -> None:
+        self.result = {"type": "error", "code": str(code), "message": message}
+        self.finished.set()
+
+
+def submit(engine: Engine, body: str) -> Sink:
+    req = parse_request(
+        Incoming(body.encode(), "r", None, time.monotonic()), Topics("e", "n"), CFG.limits
+    )
+    assert isinstance(req, Request)
+    sink = Sink()
+    engine.submit(Job(req, sink))
+    return sink
+
+
+@pytest.fixture(scope="module")
+def engine(model_path: Path) -> Iterator[Engine]:
+    e = Engine(model_path, "smollm2-135m", CFG.model, CFG.generation, CFG.limits)
+    e.start()
+    yield e
+    e.stop(1)
+
+
+def test_thread_change_takes_effect_during_a_generation(engine: Engine):
+    assert engine.native_limits()[0] == engine.threads == 2
+    sink = submit(
+        engine,
+        '{"prompt": "Write a long story.", "max_tokens": 300, "stream": true,'
+        ' "temperature": 0.8, "seed": 2}',
+    )
+    while len(sink.deltas) < 5:
+        time.sleep(0.005)
+    engine.set_limits(threads=1)
+    seen = len(sink.deltas)
+    deadline = time.monotonic() + 1.0
+    while engine.native_limits()[0] != 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert engine.native_limits()[0] == 1
+    assert not sink.finished.is_set()
+    assert len(sink.deltas) - seen <= 3  # applied within a token or two
+    assert sink.finished.wait(60) and sink.result["type"] == "done"
+    engine.set_limits(threads=2)
+    assert submit(engine, "Hi").finished.wait(30)
+    assert engine.native_limits()[0] == 2
+
+
+def test_context_rebuild_between_jobs_keeps_serving(engine: Engine):
+    engine.set_limits(n_ctx=512)
+    long_prompt = " ".join(f"w{i}" for i in range(400))  # > 512 tokens
+    sink = submit(engine, long_prompt)
+    assert sink.finished.wait(30)
+    assert engine.native_limits()[1] == 512
+    assert sink.result["code"] == "too_long"
+    assert "context holds 512" in sink.result["message"]
+    ok = submit(engine, '{"prompt": "Say hi.", "max_tokens": 5}')
+    assert ok.finished.wait(30) and ok.result["type"] == "done"
+    engine.set_limits(n_ctx=2048)
+    sink = submit(engine, '{"prompt": "' + long_prompt + '", "max_tokens": 4}')
+    assert sink.finished.wait(60) and sink.result["type"] == "done"
+    assert engine.native_limits()[1] == 2048
+
+
+def test_thread_sweep_picks_a_measured_count(model_path: Path):
+    e = Engine(model_path, "smollm2-135m", CFG.model, CFG.generation, CFG.limits)
+    e.start(sweep_threads=True)
+    try:
+        assert submit(e, '{"prompt": "Hi", "max_tokens": 2}').finished.wait(60)
+        assert e.sweep is not None
+        assert set(e.sweep.tokens_per_s) == {1, 2}
+        assert all(v > 0 for v in e.sweep.tokens_per_s.values())
+        assert e.sweep.best == e.threads == e.native_limits()[0]
+        best = e.sweep.tokens_per_s[e.sweep.best]
+        assert best >= 0.97 * max(e.sweep.tokens_per_s.values())
+    finally:
+        e.stop(1)
