@@ -94,9 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_config(args: argparse.Namespace) -> Any:
-    from daemon import config
-
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for attr, key in (
         ("host", "mqtt.host"),
@@ -107,7 +105,13 @@ def _load_config(args: argparse.Namespace) -> Any:
         value = getattr(args, attr, None)
         if value is not None:
             overrides[key] = value
-    return config.load(getattr(args, "config", None), overrides)
+    return overrides
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from daemon import config
+
+    return config.load(getattr(args, "config", None), _overrides(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -116,13 +120,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     logsetup.configure(cfg.logging.level, cfg.logging.format)
-    service = Service(cfg)
+    service = Service(cfg, config_path=args.config, overrides=_overrides(args))
 
     def stop(signum: int, _frame: Any) -> None:
         service.stop_event.set()
 
+    def reload(signum: int, _frame: Any) -> None:
+        service.reload_event.set()  # handled on the main loop, never inside the handler
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     return service.run()
 
 

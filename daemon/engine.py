@@ -159,6 +159,12 @@ class Engine:
         if n_ctx is not None:
             self._want_ctx = n_ctx
 
+    def update_settings(self, generation: GenerationConfig, limits: LimitsConfig) -> None:
+        """New request defaults and bounds (a reload); the next job uses them."""
+        self._gen = generation
+        self._limits = limits
+        self._queue.maxsize = limits.queue_size
+
     def native_limits(self) -> tuple[int, int]:
         """(threads, n_ctx) as llama.cpp itself reports them: proof that a change took effect."""
         import llama_cpp

@@ -10,9 +10,9 @@ from typing import Any
 
 import structlog
 
-from daemon import __version__, models
+from daemon import __version__, config, logsetup, models
 from daemon.config import Config, mqtt_password
-from daemon.engine import DuplicateId, Engine, EngineError, ModelInfo
+from daemon.engine import DuplicateId, Engine, EngineError, ModelInfo, default_threads
 from daemon.jobs import Job, QueueFull
 from daemon.messages import (
     Done,
@@ -27,6 +27,8 @@ from daemon.messages import (
     parse_request,
     status_payload,
 )
+from daemon.reload import plan_reload
+from daemon.sdnotify import Notifier, worker_alive
 from daemon.topics import Topics
 from daemon.transport import Transport
 
@@ -88,10 +90,24 @@ class MqttSink:
 class Service:
     """One edgellm node: a model, a broker connection, and the glue between them."""
 
-    def __init__(self, cfg: Config, model_path: Path | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        model_path: Path | None = None,
+        config_path: Path | None = None,
+        overrides: dict[str, Any] | None = None,
+        notifier: Notifier | None = None,
+        engine_factory: type[Engine] = Engine,
+    ):
         self.cfg = cfg
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id)
         self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.notifier = notifier or Notifier.from_env()
+        self._config_path = config_path
+        self._overrides = overrides or {}
+        # A named seam: tests pass an Engine subclass that hangs, to prove the watchdog.
+        self._engine_factory = engine_factory
         self.counters: Counter = Counter()
         self._model_path = model_path
         self.engine: Engine | None = None
@@ -102,12 +118,12 @@ class Service:
     def status_details(self) -> dict[str, Any]:
         info = self.info
         details: dict[str, Any] = {"node_id": self.cfg.node_id, "version": __version__}
-        if info is not None:
+        if info is not None and self.engine is not None:
             details.update(
                 model=info.name,
                 chat=info.chat,
-                n_ctx=info.n_ctx,
-                threads=info.n_threads,
+                n_ctx=self.engine.n_ctx or info.n_ctx,
+                threads=self.engine.threads or info.n_threads,
             )
         details["request_topic"] = self.topics.request
         return details
@@ -120,7 +136,7 @@ class Service:
         except models.ModelError as err:
             log.error("model_unavailable", error=str(err))
             return EXIT_MODEL
-        self.engine = Engine(
+        self.engine = self._engine_factory(
             path, self.cfg.model.name, self.cfg.model, self.cfg.generation, self.cfg.limits
         )
         # Connect while the model loads: both take a moment and neither needs the other.
@@ -134,6 +150,7 @@ class Service:
             offline_payload=status_payload("offline", {"node_id": self.cfg.node_id}),
         )
         self.transport.start()
+        self.notifier.status("loading model")
         try:
             self.info = self.engine.start()
         except EngineError as err:
@@ -142,22 +159,84 @@ class Service:
             return EXIT_MODEL
         self._accepting = True
         self.transport.set_status(status_payload("online", self.status_details()))
+        self.notifier.status("connecting to the broker")
         code = EXIT_OK
-        ready_logged = False
+        ready = False
+        last_ping = 0.0
         while not self.stop_event.wait(0.1):
+            now = time.monotonic()
             if self.transport.fatal_event.is_set():
                 log.error("mqtt_fatal", error=self.transport.fatal)
                 code = EXIT_MQTT
                 break
-            if not ready_logged and self.transport.ready.is_set():
-                ready_logged = True
+            if not ready and self.transport.ready.is_set():
+                # READY only once the model is loaded and the request topic is subscribed.
+                ready = True
+                self.notifier.ready(self._status_line())
                 log.info(
                     "ready",
-                    startup_ms=round((time.monotonic() - t0) * 1000, 1),
+                    startup_ms=round((now - t0) * 1000, 1),
                     request_topic=self.topics.request,
                 )
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.reload()
+            interval = self.notifier.watchdog_interval_s
+            if interval is not None and now - last_ping >= interval:
+                last_ping = now
+                self._watchdog(now, 2 * interval)
+        self.notifier.stopping("shutting down")
         self.shutdown()
         return code
+
+    def _status_line(self) -> str:
+        assert self.engine is not None
+        return (
+            f"serving {self.cfg.model.name} on {self.topics.request}: "
+            f"{self.engine.threads} threads, n_ctx {self.engine.n_ctx}, "
+            f"{self.counters['done']} done"
+        )
+
+    def _watchdog(self, now: float, watchdog_s: float) -> None:
+        """Ping only while the inference worker shows progress; a wedged worker stops the pings.
+
+        The worker beats between jobs (every 0.5 s) and between tokens. If it has been silent for
+        half of WatchdogSec, the daemon asks systemd to act now (WATCHDOG=trigger) rather than
+        waiting for the pings to run out: a wedge is then caught within WatchdogSec.
+        """
+        assert self.engine is not None
+        if worker_alive(self.engine.heartbeat, now, watchdog_s / 2):
+            self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+        else:
+            log.error("engine_wedged", silent_s=round(now - self.engine.heartbeat, 1))
+            self.notifier.watchdog_trigger()
+
+    def reload(self) -> None:
+        """Re-read config.yaml: apply what can change live, report what needs a restart."""
+        assert self.engine is not None and self.transport is not None
+        self.notifier.reloading()
+        try:
+            new = config.load(self._config_path, self._overrides)
+        except config.ConfigError as err:
+            log.error("reload_failed", error=str(err))
+            self.notifier.ready("reload failed, running on the previous config")
+            return
+        plan = plan_reload(self.cfg, new)
+        self.cfg = plan.config
+        if any(k.startswith("logging.") for k in plan.applied):
+            logsetup.configure(self.cfg.logging.level, self.cfg.logging.format)
+        self.engine.update_settings(self.cfg.generation, self.cfg.limits)
+        if "model.n_threads" in plan.applied or "model.n_ctx" in plan.applied:
+            self.engine.set_limits(
+                threads=self.cfg.model.n_threads or default_threads(), n_ctx=self.cfg.model.n_ctx
+            )
+        log.info("reloaded", applied=list(plan.applied), needs_restart=list(plan.needs_restart))
+        self.transport.set_status(status_payload("online", self.status_details()))
+        restart = (
+            f"; restart needed for {', '.join(plan.needs_restart)}" if plan.needs_restart else ""
+        )
+        self.notifier.ready(self._status_line() + restart)
 
     def shutdown(self) -> None:
         """Stop taking requests, finish or cancel the current one, go offline, disconnect."""

@@ -206,9 +206,16 @@ class Daemon:
                 cfg[key] = value
         return cfg
 
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / f"config-{self.node_id}.yaml"
+
+    def write_config(self) -> Path:
+        self.config_path.write_text(yaml.safe_dump(self.config()))
+        return self.config_path
+
     def start(self, wait_online: bool = True) -> Daemon:
-        path = self.workdir / f"config-{self.node_id}.yaml"
-        path.write_text(yaml.safe_dump(self.config()))
+        path = self.write_config()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "serve", "-c", str(path)],

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -184,3 +185,37 @@ def test_cli_ask_reports_errors(broker: Broker, daemon: Daemon):
     )
     assert out.returncode == 1
     assert "bad_request" in out.stderr
+
+
+def test_sighup_applies_live_keys_and_reports_the_rest(
+    broker: Broker, model_path: Path, tmp_path: Path
+):
+    d = Daemon(broker, tmp_path).start()
+    client = Client(broker)
+    try:
+        before = client.until_terminal(send(client, d, {"prompt": "Tell me a story."}), 60)
+        assert before[-1].body["usage"]["completion_tokens"] > 3
+        d.settings = {"generation": {"max_tokens": 3}, "mqtt": {"keepalive_s": 60}}
+        d.write_config()
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not [e for e in d.log_events() if e.get("event") == "reloaded"]:
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.05)
+        event = [e for e in d.log_events() if e.get("event") == "reloaded"][-1]
+        assert event["applied"] == ["generation.max_tokens"]
+        assert event["needs_restart"] == ["mqtt.keepalive_s"]
+        after = client.until_terminal(send(client, d, {"prompt": "Tell me a story."}), 60)
+        assert after[-1].body["usage"]["completion_tokens"] == 3
+        # A broken file is refused and the daemon keeps serving on the previous config.
+        d.config_path.write_text("generation: {max_tokens: -1}\n")
+        d.proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert any(e.get("event") == "reload_failed" for e in d.log_events())
+        again = client.until_terminal(send(client, d, {"prompt": "Tell me a story."}), 60)
+        assert again[-1].body["usage"]["completion_tokens"] == 3
+        assert d.alive()
+    finally:
+        client.close()
+        d.stop()
