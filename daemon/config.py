@@ -112,6 +112,107 @@ class LimitsConfig(_Section):
     )
 
 
+class SimConfig(_Section):
+    """The simulated sensor source: a first-order thermal model driven by the daemon's load."""
+
+    ambient_c: float = Field(25.0, ge=-20, le=60, description="Ambient temperature.")
+    idle_rise_c: float = Field(
+        10.0, ge=0, le=60, description="How far above ambient the idle SoC settles."
+    )
+    heat_per_thread_c_s: float = Field(
+        0.22, ge=0, le=10, description="Heating rate of one busy thread, in degrees C per second."
+    )
+    cool_per_s: float = Field(
+        0.016, gt=0, le=1, description="Newton cooling constant: 1/time constant, per second."
+    )
+    throttle_c: float | None = Field(
+        85.0, ge=30, le=120, description="Report firmware throttling above this; None: never."
+    )
+    mem_total_mb: int | None = Field(
+        None, ge=1, description="Fixed total memory; None reads the real system."
+    )
+    mem_available_mb: int | None = Field(
+        None, ge=0, description="Fixed available memory; None reads the real system."
+    )
+
+
+class MonitorConfig(_Section):
+    """Where sensor readings come from and how often they are taken."""
+
+    source: Literal["system", "replay", "sim"] = Field(
+        "system", description="system: the real sensors; replay: a trace file; sim: a model."
+    )
+    interval_s: float = Field(1.0, ge=0.1, le=60, description="Seconds between readings.")
+    sysfs_root: Path = Field(
+        Path("/"), description="Root of /sys, /proc and /etc (tests point it at a fake tree)."
+    )
+    trace: Path | None = Field(None, description="CSV or JSON-lines trace for source: replay.")
+    trace_loop: bool = Field(False, description="Start the trace again when it ends.")
+    sim: SimConfig = SimConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> MonitorConfig:
+        if self.source == "replay" and self.trace is None:
+            raise ValueError("source: replay needs a trace file")
+        return self
+
+
+class GovernorConfig(_Section):
+    """The policy that steers threads, context length and admission from the sensors."""
+
+    enabled: bool = Field(True, description="Adapt threads and context to the machine.")
+    soft_temp_c: float | None = Field(
+        None, ge=30, le=120, description="Step threads down near this; None: the board's."
+    )
+    hard_temp_c: float | None = Field(
+        None, ge=30, le=120, description="Drop to min_threads at this; None: the board's."
+    )
+    temp_band_c: float = Field(
+        2.0, ge=0, le=20, description="Act this far below soft_temp_c, before the firmware does."
+    )
+    hysteresis_c: float = Field(
+        5.0, ge=0, le=30, description="Step back up only this far below the step-down point."
+    )
+    hysteresis_s: float = Field(
+        10.0, ge=0, le=600, description="Least time between thread steps (hard limit: none)."
+    )
+    min_threads: int = Field(1, ge=1, le=256, description="Never fewer generation threads.")
+    max_threads: int | None = Field(
+        None, ge=1, le=256, description="Never more threads; None: the board's (the cores)."
+    )
+    ctx_min: int = Field(512, ge=128, le=131072, description="Smallest context it shrinks to.")
+    ctx_max: int | None = Field(
+        None, ge=128, le=131072, description="Largest context it grows to; None: model.n_ctx."
+    )
+    ctx_hold_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Least time between context growths; short again within it: ctx_min.",
+    )
+    mem_margin_mb: int | None = Field(
+        None, ge=0, le=65536, description="Memory kept free beyond the KV cache; None: board's."
+    )
+    critical_mb: int = Field(
+        100, ge=0, le=65536, description="Refuse new requests below this much usable memory."
+    )
+    thread_sweep: bool = Field(True, description="Measure tokens/s per thread count at start.")
+    telemetry_interval_s: float = Field(
+        10.0, ge=1, le=3600, description="Seconds between telemetry messages."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> GovernorConfig:
+        soft, hard = self.soft_temp_c, self.hard_temp_c
+        if soft is not None and hard is not None and hard <= soft:
+            raise ValueError("hard_temp_c must be above soft_temp_c")
+        if self.max_threads is not None and self.max_threads < self.min_threads:
+            raise ValueError("max_threads must not be below min_threads")
+        if self.ctx_max is not None and self.ctx_max < self.ctx_min:
+            raise ValueError("ctx_max must not be below ctx_min")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -136,6 +237,8 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     generation: GenerationConfig = GenerationConfig()
     limits: LimitsConfig = LimitsConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    governor: GovernorConfig = GovernorConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

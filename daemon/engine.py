@@ -115,8 +115,8 @@ class Engine:
     def start(self, timeout: float = 120.0, sweep_threads: bool = False) -> ModelInfo:
         """Start the worker, load the model on it, and wait until it is ready.
 
-        With sweep_threads, the worker measures decode speed at each thread count before it
-        takes the first job (requests wait in the queue meanwhile).
+        With sweep_threads, the worker first measures decode speed at each thread count, so the
+        governor knows its ceiling before the first request.
         """
         self._sweep_on_start = sweep_threads
         self._thread.start()
@@ -204,10 +204,13 @@ class Engine:
             self._load_error = err
             self._ready.set()
             return
+        if self._sweep_on_start:
+            try:
+                self._sweep()
+            except Exception:  # a failed measurement leaves the configured threads in place
+                log.exception("thread_sweep_failed")
         self._ready.set()
         try:
-            if self._sweep_on_start:
-                self._sweep()
             while not self._stop.is_set():
                 self.heartbeat = self._clock()
                 job = self._queue.get(timeout=_POLL_S)
@@ -364,6 +367,7 @@ class Engine:
         best = min(n for n, tps in results.items() if tps >= 0.97 * top)
         _set_threads(llm, best)
         llm.reset()
+        self._warm_up()
         self.threads = best
         self.sweep = SweepResult({n: round(t, 1) for n, t in results.items()}, best)
         log.info("thread_sweep", tokens_per_s=self.sweep.tokens_per_s, best=best)

@@ -313,6 +313,10 @@ def status_payload(state: str, details: dict[str, Any] | None = None) -> bytes:
     return _encode({"state": state, "protocol": PROTOCOL_VERSION, **(details or {})})
 
 
+def telemetry_payload(body: dict[str, Any]) -> bytes:
+    return _encode({"protocol": PROTOCOL_VERSION, **body})
+
+
 def parse_cancel(payload: bytes) -> str | None:
     """The id named by a cancel message (JSON ``{"id": ...}`` or the bare id), or None."""
     try:

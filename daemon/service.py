@@ -26,9 +26,12 @@ from daemon.messages import (
     parse_cancel,
     parse_request,
     status_payload,
+    telemetry_payload,
 )
+from daemon.monitor import make_sensors
 from daemon.reload import plan_reload
 from daemon.sdnotify import Notifier, worker_alive
+from daemon.steering import Steering
 from daemon.topics import Topics
 from daemon.transport import Transport
 
@@ -113,6 +116,7 @@ class Service:
         self.engine: Engine | None = None
         self.transport: Transport | None = None
         self.info: ModelInfo | None = None
+        self.steering: Steering | None = None
         self._accepting = False
 
     def status_details(self) -> dict[str, Any]:
@@ -151,12 +155,19 @@ class Service:
         )
         self.transport.start()
         self.notifier.status("loading model")
+        gov = self.cfg.governor
         try:
-            self.info = self.engine.start()
+            self.info = self.engine.start(sweep_threads=gov.enabled and gov.thread_sweep)
         except EngineError as err:
             log.error("model_load_failed", error=str(err))
             self.transport.stop()
             return EXIT_MODEL
+        if gov.enabled:
+            sensors = make_sensors(self.cfg.monitor)
+            self.steering = Steering(
+                self.cfg, self.engine, self.info, sensors, self._publish_telemetry
+            )
+            self.steering.start()
         self._accepting = True
         self.transport.set_status(status_payload("online", self.status_details()))
         self.notifier.status("connecting to the broker")
@@ -227,6 +238,8 @@ class Service:
         if any(k.startswith("logging.") for k in plan.applied):
             logsetup.configure(self.cfg.logging.level, self.cfg.logging.format)
         self.engine.update_settings(self.cfg.generation, self.cfg.limits)
+        if self.steering is not None:
+            self.steering.reconfigure(self.cfg)
         if "model.n_threads" in plan.applied or "model.n_ctx" in plan.applied:
             self.engine.set_limits(
                 threads=self.cfg.model.n_threads or default_threads(), n_ctx=self.cfg.model.n_ctx
@@ -242,6 +255,8 @@ class Service:
         """Stop taking requests, finish or cancel the current one, go offline, disconnect."""
         log.info("shutdown_begin")
         self._accepting = False
+        if self.steering is not None:
+            self.steering.stop()
         if self.engine is not None:
             self.engine.stop(self.cfg.limits.shutdown_grace_s)
             log.info("shutdown_engine_stopped")
@@ -264,6 +279,12 @@ class Service:
         if not self._accepting:
             job.finish_error(ErrorCode.BUSY, "the daemon is not accepting requests right now")
             return
+        if self.steering is not None and not self.steering.admit:
+            # Refuse before the kernel's OOM killer decides for us.
+            job.finish_error(
+                ErrorCode.BUSY, "memory is critically low; try again later", {"reason": "memory"}
+            )
+            return
         try:
             self.engine.submit(job)
         except QueueFull:
@@ -282,6 +303,10 @@ class Service:
                     parsed.reply,
                 )
             )
+
+    def _publish_telemetry(self, body: dict[str, Any]) -> None:
+        assert self.transport is not None
+        self.transport.publish(self.topics.telemetry, telemetry_payload(body), qos=0)
 
     def _reject(self, rej: Rejection) -> None:
         assert self.transport is not None
