@@ -68,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print each reply message as JSON")
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
 
+    sim = sub.add_parser(
+        "simulate",
+        help="run the governor against a trace or the thermal model and draw a PNG",
+        description="Runs the governor's policy on a virtual clock against a recorded sensor "
+        "trace (CSV or JSON lines) or the thermal model (monitor.sim in the config), under a "
+        "repeating busy/idle load, and draws temperature, threads, context length and "
+        "tokens/s over time.",
+    )
+    sim.add_argument("-c", "--config", type=Path, help="config.yaml (governor and monitor)")
+    sim.add_argument("--trace", type=Path, help="replay this trace instead of the thermal model")
+    sim.add_argument("--duration", type=float, default=900.0, help="simulated seconds (900)")
+    sim.add_argument("--threads", type=int, default=4, help="thread ceiling (default 4)")
+    sim.add_argument("--duty", type=float, default=0.8, help="busy fraction of each minute")
+    sim.add_argument("--tps", type=float, default=40.0, help="tokens/s of one thread")
+    sim.add_argument("--out", type=Path, default=Path("edgellm-simulation.png"))
+    sim.add_argument("--csv", type=Path, help="also write every step as CSV")
+
     check = sub.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("path", type=Path, nargs="?", help="config.yaml (default: embedded)")
 
@@ -225,6 +242,38 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return result["code"]
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import csv
+    import dataclasses
+
+    from daemon import boards, config
+    from daemon.simulate import Workload, draw, simulate
+
+    cfg = config.load(args.config)
+    rows = simulate(
+        cfg,
+        args.duration,
+        workload=Workload(duty=args.duty, tps_one_thread=args.tps),
+        trace=args.trace,
+        start_threads=args.threads,
+    )
+    gcfg = boards.resolve(cfg.governor, boards.detect(cfg.monitor.sysfs_root), cfg.model.n_ctx)
+    draw(rows, args.out, gcfg.soft_temp_c, gcfg.hard_temp_c)
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[fl.name for fl in dataclasses.fields(rows[0])])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(r) for r in rows)
+    temps = [r.cpu_temp_c for r in rows if r.cpu_temp_c is not None]
+    changes = [r for r in rows if r.reason]
+    print(f"{len(rows)} steps, {len(changes)} changes, threads {min(r.threads for r in rows)}"
+          f"..{max(r.threads for r in rows)}, peak {max(temps, default=float('nan')):.1f} °C")
+    for r in changes[:20]:
+        print(f"  t={r.t:6.0f}s  {r.reason}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from daemon import config
 
@@ -267,6 +316,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "ask": cmd_ask,
     "check-config": cmd_check_config,
+    "simulate": cmd_simulate,
     "model": cmd_model,
 }
 

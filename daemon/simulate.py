@@ -125,6 +125,7 @@ def draw(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     t = [r.t / 60 for r in rows]
     fig, axes = plt.subplots(4, 1, sharex=True, figsize=(9, 9))
@@ -139,6 +140,7 @@ def draw(
     axes[0].set_ylabel("CPU °C")
     axes[1].step(t, [r.threads for r in rows], where="post", color="tab:blue")
     axes[1].set_ylabel("threads")
+    axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].step(t, [r.n_ctx for r in rows], where="post", color="tab:green")
     axes[2].set_ylabel("n_ctx")
     axes[3].plot(t, [r.tokens_per_s for r in rows], color="tab:purple", linewidth=0.8)
