@@ -326,10 +326,10 @@ class Engine:
         t0 = time.perf_counter()
         _rebuild_context(self._llm, want)
         cost_ms = (time.perf_counter() - t0) * 1000
-        self.n_ctx = want
+        old, self.n_ctx = self.n_ctx, want
         log.info(
             "context_rebuilt",
-            old=self.n_ctx,
+            old=old,
             new=want,
             cost_ms=round(cost_ms, 1),
             warm_up_ms=round(self._warm_up(), 1),

@@ -40,7 +40,12 @@ def model_facts(info: ModelInfo, engine: Engine, gcfg: GovernorConfig) -> ModelF
 
 
 def telemetry(
-    snap: Snapshot | None, limits: Limits, engine: Engine, decision: Decision | None, board: str
+    snap: Snapshot | None,
+    limits: Limits,
+    engine: Engine,
+    last_change: tuple[float, Decision] | None,
+    board: str,
+    now: float,
 ) -> dict[str, Any]:
     """The telemetry message: sensors, limits, speed, queue, and the last decision."""
     body: dict[str, Any] = {
@@ -66,8 +71,9 @@ def telemetry(
         )
         if snap.jetson_power_mode is not None:
             body["jetson_power_mode"] = snap.jetson_power_mode
-    if decision is not None:
-        body["decision"] = {"reason": decision.reason, "changed": decision.changed}
+    if last_change is not None:
+        at, decision = last_change
+        body["decision"] = {"reason": decision.reason, "age_s": round(now - at, 1)}
     return body
 
 
@@ -97,6 +103,7 @@ class Steering:
         self._requested = self.limits
         self.history: collections.deque[Snapshot] = collections.deque(maxlen=_HISTORY)
         self.last: Decision | None = None
+        self.last_change: tuple[float, Decision] | None = None
         self._last_telemetry = -float("inf")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="governor", daemon=True)
@@ -160,10 +167,13 @@ class Steering:
                 n_ctx=new.n_ctx if new.n_ctx != old.n_ctx else None,
             )
             self._requested = new
+            self.last_change = (now, decision)
         # The policy must see the context actually allocated: until the engine has rebuilt it
         # between jobs, the old KV cache is still in memory.
         self.limits = replace(new, n_ctx=self._engine.n_ctx)
         if fresh or now - self._last_telemetry >= self.gcfg.telemetry_interval_s:
             self._last_telemetry = now
-            self._publish(telemetry(snap, self.limits, self._engine, decision, self.board))
+            self._publish(
+                telemetry(snap, self.limits, self._engine, self.last_change, self.board, now)
+            )
         return decision
