@@ -266,8 +266,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             writer.writerows(dataclasses.asdict(r) for r in rows)
     temps = [r.cpu_temp_c for r in rows if r.cpu_temp_c is not None]
     changes = [r for r in rows if r.reason]
-    print(f"{len(rows)} steps, {len(changes)} changes, threads {min(r.threads for r in rows)}"
-          f"..{max(r.threads for r in rows)}, peak {max(temps, default=float('nan')):.1f} °C")
+    print(
+        f"{len(rows)} steps, {len(changes)} changes, threads {min(r.threads for r in rows)}"
+        f"..{max(r.threads for r in rows)}, peak {max(temps, default=float('nan')):.1f} °C"
+    )
     for r in changes[:20]:
         print(f"  t={r.t:6.0f}s  {r.reason}")
     print(f"wrote {args.out}")

@@ -8,12 +8,24 @@ from daemon.reload import plan_reload
 
 def test_live_keys_apply_and_others_are_reported():
     old = config.parse({"node_id": "a", "mqtt": {"port": 1883}})
-    new = config.parse({"node_id": "b", "mqtt": {"port": 1884, "reply_qos": 0},
-                        "generation": {"temperature": 0.2}, "limits": {"queue_size": 2},
-                        "logging": {"log_prompts": True}, "model": {"n_ctx": 1024}})
+    new = config.parse(
+        {
+            "node_id": "b",
+            "mqtt": {"port": 1884, "reply_qos": 0},
+            "generation": {"temperature": 0.2},
+            "limits": {"queue_size": 2},
+            "logging": {"log_prompts": True},
+            "model": {"n_ctx": 1024},
+        }
+    )
     plan = plan_reload(old, new)
-    assert set(plan.applied) == {"mqtt.reply_qos", "generation.temperature",
-                                 "limits.queue_size", "logging.log_prompts", "model.n_ctx"}
+    assert set(plan.applied) == {
+        "mqtt.reply_qos",
+        "generation.temperature",
+        "limits.queue_size",
+        "logging.log_prompts",
+        "model.n_ctx",
+    }
     assert set(plan.needs_restart) == {"node_id", "mqtt.port"}
     cfg = plan.config
     assert (cfg.node_id, cfg.mqtt.port) == ("a", 1883)  # kept until a restart

@@ -52,9 +52,24 @@ def test_png_is_drawn(tmp_path: Path):
 def test_cli_writes_png_and_csv(tmp_path: Path):
     png, csv = tmp_path / "s.png", tmp_path / "s.csv"
     out = subprocess.run(
-        [sys.executable, "-m", "daemon", "simulate", "--duration", "600", "--duty", "0.95",
-         "--out", str(png), "--csv", str(csv)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "simulate",
+            "--duration",
+            "600",
+            "--duty",
+            "0.95",
+            "--out",
+            str(png),
+            "--csv",
+            str(csv),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "threads 4 -> 3" in out.stdout
