@@ -335,11 +335,14 @@ class Engine:
             warm_up_ms=round(self._warm_up(), 1),
         )
 
-    def _sweep(self, tokens: int = 24) -> SweepResult:
+    def _sweep(self, tokens: int = 24, budget_s: float = 1.0) -> SweepResult:
         """Measure decode tokens/s at each thread count; the best becomes the ceiling.
 
         On big.LITTLE boards and busy small boards fewer threads are often faster, so the
         fastest count is measured, not assumed. Within 3 % of the best, fewer threads win.
+        Each count gets `tokens` tokens or `budget_s` seconds, whichever ends first, so a
+        count that is pathologically slow (a core taken by another process) cannot stall
+        the start.
         """
         import psutil
 
@@ -358,7 +361,9 @@ class Engine:
                 for _ in gen:
                     self.heartbeat = self._clock()
                     stamps.append(time.perf_counter())
-                    if len(stamps) > tokens:
+                    if len(stamps) > tokens or (
+                        len(stamps) >= 4 and stamps[-1] - stamps[0] > budget_s
+                    ):
                         break
             finally:
                 gen.close()
