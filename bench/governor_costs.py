@@ -18,6 +18,7 @@ import structlog
 from bench.common import report
 from daemon import config, models
 from daemon.engine import Engine
+from daemon.governor import kv_bytes_per_token
 from daemon.jobs import Job
 from daemon.messages import Incoming, Request, parse_request
 from daemon.topics import Topics
@@ -64,7 +65,7 @@ def main() -> None:
     engine.start()
     proc = psutil.Process()
     rss: dict[int, int] = {}
-    for n_ctx in (2048, 1024, 512, 2048):
+    for n_ctx in (2048, 1024, 512):
         engine.set_limits(n_ctx=n_ctx)
         # A full context's worth of work so the KV cache is really touched.
         run(engine, '{"prompt": "' + "word " * (n_ctx // 2) + '", "max_tokens": 8}')
@@ -80,7 +81,8 @@ def main() -> None:
     engine.stop(1)
     thread_us = [e["cost_us"] for e in events if e.get("event") == "threads_changed"]
     rebuild_ms = [e["cost_ms"] for e in events if e.get("event") == "context_rebuilt"]
-    kv_per_token = 2 * 30 * 3 * 64 * 2  # f16 K+V: layers * kv heads * head dim (SmolLM2-135M)
+    assert engine.info is not None
+    kv_per_token = kv_bytes_per_token(engine.info.metadata)
     file_mb = path.stat().st_size / 2**20
     report(
         "governor_costs",

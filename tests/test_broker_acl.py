@@ -1,0 +1,254 @@
+"""deploy/mosquitto/edgellm.conf and acl loaded by a real mosquitto: who may read and write what."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.helpers import LOOPBACK, REPO, Broker, Daemon, free_port, wait_port
+
+CONF = REPO / "deploy" / "mosquitto" / "edgellm.conf"
+ACL = REPO / "deploy" / "mosquitto" / "acl"
+PASSWORDS = {"edgellm": "daemon-secret", "alice": "alice-secret", "bob": "bob-secret"}
+# Not in the shipped ACL: a test user that may read everything, to show what the broker let
+# through (a message the ACL drops reaches no one, so silence alone proves little).
+OBSERVER = ("observer", "observer-secret")
+QUIET_S = 0.5
+
+
+def broker_conf(port: int, workdir: Path) -> str:
+    """The shipped drop-in with only the listener and the two file paths changed for the test."""
+    text = CONF.read_text()
+    replaced = {
+        r"^listener 1883$": f"listener {port} {LOOPBACK}",
+        r"^password_file .*$": f"password_file {workdir / 'passwd'}",
+        r"^acl_file .*$": f"acl_file {workdir / 'acl'}",
+    }
+    for pattern, line in replaced.items():
+        text, n = re.subn(pattern, line, text, flags=re.MULTILINE)
+        assert n == 1, f"{CONF} has no single line matching {pattern}"
+    return text + "\npersistence false\n"
+
+
+def readable_by_broker(path: Path) -> None:
+    """root:mosquitto 0640, as on a real broker: mosquitto started as root reads these files
+    after it has dropped to its own user (docs/DEPLOY.md)."""
+    path.chmod(0o640)
+    if os.geteuid() == 0:
+        os.chown(path, 0, grp.getgrnam("mosquitto").gr_gid)
+
+
+@pytest.fixture(scope="module")
+def lan_broker() -> Iterator[int]:
+    # Not under pytest's tmp_path: its 0700 parents would keep the mosquitto user out.
+    with tempfile.TemporaryDirectory(prefix="edgellm-lanbroker-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)
+        yield from _run_lan_broker(workdir)
+
+
+def _run_lan_broker(workdir: Path) -> Iterator[int]:
+    passwd = workdir / "passwd"
+    passwd.touch()
+    for user, password in [*PASSWORDS.items(), OBSERVER]:
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+    (workdir / "acl").write_text(ACL.read_text() + f"\nuser {OBSERVER[0]}\ntopic read #\n")
+    readable_by_broker(passwd)
+    readable_by_broker(workdir / "acl")
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(broker_conf(port, workdir))
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    log = (workdir / "mosquitto.log").open("wb")
+    proc = subprocess.Popen([exe, "-c", str(conf), "-v"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, timeout=5)
+        yield port
+    except TimeoutError:
+        raise RuntimeError((workdir / "mosquitto.log").read_text()) from None
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        log.close()
+
+
+class User:
+    """A paho v5 client logged in as one user, collecting every message it is sent."""
+
+    def __init__(self, port: int, user: str | None, password: str | None = None):
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.connack: queue.Queue[Any] = queue.Queue()
+        self.c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"{user or 'anon'}-{uuid.uuid4().hex[:6]}",
+            protocol=mqtt.MQTTv5,
+        )
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        self.c.on_connect = lambda _c, _u, _f, rc, _p: self.connack.put(rc)
+        self.c.on_message = lambda _c, _u, msg: self.messages.put(msg)
+        self.c.connect(LOOPBACK, port)
+        self.c.loop_start()
+        self.rc = self.connack.get(timeout=5)
+
+    def subscribe(self, topic: str) -> None:
+        done: queue.Queue[int] = queue.Queue()
+        self.c.on_subscribe = lambda _c, _u, mid, _codes, _p: done.put(mid)
+        _rc, mid = self.c.subscribe(topic, qos=1)
+        assert done.get(timeout=5) == mid
+
+    def publish(self, topic: str, payload: str, response_topic: str | None = None) -> None:
+        props = None
+        if response_topic is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = response_topic
+        self.c.publish(topic, payload, qos=1, properties=props).wait_for_publish(5)
+
+    def next(self, timeout: float) -> tuple[str, dict[str, Any]]:
+        """The next message, as (topic, JSON body)."""
+        msg = self.messages.get(timeout=timeout)
+        return msg.topic, json.loads(msg.payload)
+
+    def received(self, timeout: float = QUIET_S) -> list[tuple[str, str]]:
+        """Everything that arrives within timeout (to show what did not)."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = self.messages.get(timeout=left)
+            except queue.Empty:
+                break
+            out.append((msg.topic, msg.payload.decode()))
+        return out
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def login(lan_broker: int) -> Iterator[Any]:
+    users: list[User] = []
+
+    def make(name: str) -> User:
+        password = dict([*PASSWORDS.items(), OBSERVER])[name]
+        u = User(lan_broker, name, password)
+        assert not u.rc.is_failure, f"{name} refused: {u.rc}"
+        users.append(u)
+        return u
+
+    yield make
+    for u in users:
+        u.close()
+
+
+def test_anonymous_and_wrong_passwords_are_refused(lan_broker: int) -> None:
+    anon = User(lan_broker, None)
+    wrong = User(lan_broker, "alice", "guess")
+    right = User(lan_broker, "alice", PASSWORDS["alice"])
+    try:
+        # mosquitto 2.0 answers both with "Not authorized" (135); later versions may say 134.
+        assert anon.rc.is_failure and anon.rc.value in (134, 135)
+        assert wrong.rc.is_failure and wrong.rc.value in (134, 135)
+        assert not right.rc.is_failure
+    finally:
+        for u in (anon, wrong, right):
+            u.close()
+
+
+def test_daemon_gets_requests_and_its_replies_reach_the_asker(login: Any) -> None:
+    daemon, alice = login("edgellm"), login("alice")
+    daemon.subscribe("edgellm/+/request")
+    daemon.subscribe("edgellm/+/cancel")
+    reply_topic = "edgellm/kitchen/response/alice/q1"
+    alice.subscribe("edgellm/kitchen/response/alice/#")
+
+    alice.publish("edgellm/kitchen/request", '{"id": "q1", "prompt": "hi"}', reply_topic)
+    alice.publish("edgellm/kitchen/cancel", '{"id": "q1"}')
+    got = daemon.received()
+    assert [t for t, _ in got] == ["edgellm/kitchen/request", "edgellm/kitchen/cancel"]
+
+    daemon.publish(reply_topic, '{"type": "done", "id": "q1"}')
+    assert alice.received() == [(reply_topic, '{"type": "done", "id": "q1"}')]
+
+
+def test_a_client_cannot_read_another_clients_replies_or_prompts(login: Any) -> None:
+    daemon, alice, bob, observer = login("edgellm"), login("alice"), login("bob"), login("observer")
+    for topic in ("edgellm/#", "edgellm/kitchen/response/alice/#", "edgellm/+/request"):
+        bob.subscribe(topic)
+    observer.subscribe("edgellm/#")
+    alice.subscribe("edgellm/kitchen/response/alice/#")
+
+    alice.publish("edgellm/kitchen/request", "a private prompt")
+    daemon.publish("edgellm/kitchen/response/alice/q2", "alice's reply")
+    daemon.publish("edgellm/kitchen/response/q3", "a reply to no one in particular")
+
+    assert bob.received() == []
+    assert alice.received() == [("edgellm/kitchen/response/alice/q2", "alice's reply")]
+    # The broker did deliver all three, just not to bob.
+    assert [t for t, _ in observer.received()] == [
+        "edgellm/kitchen/request",
+        "edgellm/kitchen/response/alice/q2",
+        "edgellm/kitchen/response/q3",
+    ]
+
+
+def test_clients_cannot_fake_status_and_the_daemon_writes_only_replies(login: Any) -> None:
+    daemon, alice, observer = login("edgellm"), login("alice"), login("observer")
+    observer.subscribe("#")
+    alice.subscribe("edgellm/+/status")
+
+    alice.publish("edgellm/kitchen/status", '{"state": "offline"}')
+    # The confused-deputy case: a request whose Response Topic is another device's command topic.
+    daemon.publish("home/door/set", "OPEN")
+    daemon.publish("edgellm/kitchen/status", '{"state": "online"}')
+
+    assert observer.received() == [("edgellm/kitchen/status", '{"state": "online"}')]
+    assert alice.received() == [("edgellm/kitchen/status", '{"state": "online"}')]
+
+
+@pytest.mark.model
+def test_the_real_daemon_serves_through_the_acl(
+    lan_broker: int,
+    login: Any,
+    model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon as user edgellm, its password from the environment, answering alice only."""
+    monkeypatch.setenv("EDGELLM_MQTT_PASSWORD", PASSWORDS["edgellm"])
+    broker = Broker(lan_broker, tmp_path)  # already running: only its address is used
+    d = Daemon(broker, tmp_path, settings={"mqtt": {"username": "edgellm"}})
+    alice, bob = login("alice"), login("bob")
+    bob.subscribe("edgellm/#")
+    alice.subscribe(f"{d.prefix}/status")
+    alice.subscribe(f"{d.prefix}/response/alice/#")
+    # Daemon.start() would wait for `online` as an anonymous client, which this broker refuses.
+    d.start(wait_online=False)
+    try:
+        topic, status = alice.next(timeout=60)
+        assert (topic, status["state"]) == (f"{d.prefix}/status", "online"), d.log()
+        reply_topic = f"{d.prefix}/response/alice/r1"
+        body = {"id": "r1", "prompt": "Say hi.", "max_tokens": 4, "temperature": 0}
+        alice.publish(f"{d.prefix}/request", json.dumps(body), reply_topic)
+        topic, reply = alice.next(timeout=30)
+        assert (topic, reply["type"], reply["id"]) == (reply_topic, "done", "r1"), d.log()
+        assert [t for t, _ in bob.received()] == [f"{d.prefix}/status"]
+    finally:
+        assert d.stop() == 0
