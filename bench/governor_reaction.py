@@ -27,18 +27,33 @@ def _ts(event: dict) -> float:
 def one(broker: Broker, tmp, during_generation: bool, interval_s: float) -> float:
     trace = tmp / f"hot-{uuid.uuid4().hex[:6]}.csv"
     gb = 4 * 2**30
-    trace.write_text(HEADER + f"0,60,0x0,{2 * gb},{gb},0,0\n6,84,0x0,{2 * gb},{gb},0,0\n"
-                     f"600,84,0x0,{2 * gb},{gb},0,0\n")
-    d = Daemon(broker, tmp, settings={
-        "monitor": {"source": "replay", "trace": str(trace), "interval_s": interval_s}}).start()
+    trace.write_text(
+        HEADER + f"0,60,0x0,{2 * gb},{gb},0,0\n6,84,0x0,{2 * gb},{gb},0,0\n"
+        f"600,84,0x0,{2 * gb},{gb},0,0\n"
+    )
+    d = Daemon(
+        broker,
+        tmp,
+        settings={"monitor": {"source": "replay", "trace": str(trace), "interval_s": interval_s}},
+    ).start()
     client = Client(broker)
     try:
         if during_generation:
             topic = f"bench/{uuid.uuid4().hex}"
             client.subscribe(topic)
-            client.publish(f"{d.prefix}/request", json.dumps({
-                "prompt": "Write a very long story about the sea.", "max_tokens": 1000,
-                "temperature": 0.8, "seed": 1, "stream": True}), response_topic=topic)
+            client.publish(
+                f"{d.prefix}/request",
+                json.dumps(
+                    {
+                        "prompt": "Write a very long story about the sea.",
+                        "max_tokens": 1000,
+                        "temperature": 0.8,
+                        "seed": 1,
+                        "stream": True,
+                    }
+                ),
+                response_topic=topic,
+            )
             client.next(topic, 60)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -68,12 +83,15 @@ def main() -> None:
         idle = [one(broker, tmp, False, args.interval) for _ in range(args.runs)]
     finally:
         broker.stop()
-    report("governor_reaction_ms", {
-        "sensor_interval_s": args.interval,
-        "decision_to_applied_during_generation_ms": [round(x, 1) for x in during],
-        "decision_to_applied_idle_ms": [round(x, 1) for x in idle],
-        "target": "within 1 s during a generation; before the next request",
-    })
+    report(
+        "governor_reaction_ms",
+        {
+            "sensor_interval_s": args.interval,
+            "decision_to_applied_during_generation_ms": [round(x, 1) for x in during],
+            "decision_to_applied_idle_ms": [round(x, 1) for x in idle],
+            "target": "within 1 s during a generation; before the next request",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ def measure(broker: Broker, tmp, settings: dict, runs: int) -> tuple[float, int]
         for _ in range(runs + 1):
             topic = f"bench/{uuid.uuid4().hex}"
             client.subscribe(topic)
-            client.publish(f"{d.prefix}/request", json.dumps(
-                {"prompt": PROMPT, "max_tokens": 200, "temperature": 0, "seed": 1}),
-                response_topic=topic)
+            client.publish(
+                f"{d.prefix}/request",
+                json.dumps({"prompt": PROMPT, "max_tokens": 200, "temperature": 0, "seed": 1}),
+                response_topic=topic,
+            )
             out.append(client.until_terminal(topic, 120)[-1].body["timings"]["tokens_per_s"])
         return statistics.median(out[1:]), status["threads"]
     finally:
@@ -44,17 +46,23 @@ def main() -> None:
     try:
         fixed = {}
         for n in range(1, (psutil.cpu_count() or 1) + 1):
-            fixed[n], _ = measure(broker, tmp, {"model": {"n_threads": n},
-                                                "governor": {"enabled": False}}, args.runs)
+            fixed[n], _ = measure(
+                broker, tmp, {"model": {"n_threads": n}, "governor": {"enabled": False}}, args.runs
+            )
         picked, threads = measure(broker, tmp, {}, args.runs)
     finally:
         broker.stop()
     best = max(fixed.values())
-    report("thread_pick_tokens_per_s", {
-        "fixed": {str(k): round(v, 1) for k, v in fixed.items()},
-        "governor_threads": threads, "governor_tokens_per_s": round(picked, 1),
-        "ratio_to_best_fixed": round(picked / best, 3), "target_ratio": 0.95,
-    })
+    report(
+        "thread_pick_tokens_per_s",
+        {
+            "fixed": {str(k): round(v, 1) for k, v in fixed.items()},
+            "governor_threads": threads,
+            "governor_tokens_per_s": round(picked, 1),
+            "ratio_to_best_fixed": round(picked / best, 3),
+            "target_ratio": 0.95,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import signal
 import sys
@@ -137,6 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     logsetup.configure(cfg.logging.level, cfg.logging.format)
+    # A watchdog SIGABRT then leaves every thread's traceback in the journal (no core dumps).
+    faulthandler.enable()
     service = Service(cfg, config_path=args.config, overrides=_overrides(args))
 
     def stop(signum: int, _frame: Any) -> None:
@@ -164,7 +167,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     rid = new_id()
-    reply_topic = topics.response(rid)
+    reply_topic = topics.response_for(cfg.mqtt.username, rid)
     body: dict[str, Any] = {"id": rid, "prompt": prompt}
     body["stream"] = False if args.no_stream else ("sentences" if args.sentences else True)
     for key in ("system", "max_tokens", "temperature", "seed", "stop"):

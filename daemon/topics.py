@@ -42,6 +42,13 @@ class Topics:
         """The default reply topic of a request that names no reply address."""
         return f"{self.base}/response/{request_id}"
 
+    def response_for(self, user: str | None, request_id: str) -> str:
+        """A client's own reply topic; under the shipped broker ACL a user may read only
+        ``<base>/response/<user name>/#``."""
+        if not user:
+            return self.response(request_id)
+        return f"{self.base}/response/{user}/{request_id}"
+
 
 def is_publishable(topic: str) -> bool:
     """Whether a client-supplied reply topic may be published to (no wildcards, not empty)."""
