@@ -115,8 +115,8 @@ class Engine:
     def start(self, timeout: float = 120.0, sweep_threads: bool = False) -> ModelInfo:
         """Start the worker, load the model on it, and wait until it is ready.
 
-        With sweep_threads, the worker first measures decode speed at each thread count, so the
-        governor knows its ceiling before the first request.
+        With sweep_threads, the worker then measures decode speed at each thread count before
+        it takes the first job; `sweep` holds the result once done.
         """
         self._sweep_on_start = sweep_threads
         self._thread.start()
@@ -204,12 +204,14 @@ class Engine:
             self._load_error = err
             self._ready.set()
             return
+        self._ready.set()
         if self._sweep_on_start:
+            # After READY, so start-up stays fast on slow boards; a request that arrives
+            # meanwhile waits in the queue (its queue_ms says so).
             try:
                 self._sweep()
             except Exception:  # a failed measurement leaves the configured threads in place
                 log.exception("thread_sweep_failed")
-        self._ready.set()
         try:
             while not self._stop.is_set():
                 self.heartbeat = self._clock()

@@ -129,6 +129,11 @@ class Service:
                 n_ctx=self.engine.n_ctx or info.n_ctx,
                 threads=self.engine.threads or info.n_threads,
             )
+            if self.engine.sweep is not None:
+                # The measured speed per thread count, recorded where anyone can read it.
+                details["thread_sweep"] = {
+                    str(n): tps for n, tps in self.engine.sweep.tokens_per_s.items()
+                }
         details["request_topic"] = self.topics.request
         return details
 
@@ -173,6 +178,7 @@ class Service:
         self.notifier.status("connecting to the broker")
         code = EXIT_OK
         ready = False
+        sweep_published = False
         last_ping = 0.0
         while not self.stop_event.wait(0.1):
             now = time.monotonic()
@@ -189,6 +195,9 @@ class Service:
                     startup_ms=round((now - t0) * 1000, 1),
                     request_topic=self.topics.request,
                 )
+            if not sweep_published and self.engine.sweep is not None:
+                sweep_published = True
+                self.transport.set_status(status_payload("online", self.status_details()))
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self.reload()

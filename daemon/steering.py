@@ -145,6 +145,12 @@ class Steering:
     def tick(self) -> Decision:
         """One step: read, decide, apply, and publish telemetry when due or on change."""
         now = self._clock()
+        sweep = self._engine.sweep
+        if sweep is not None and sweep.best != self.facts.thread_ceiling:
+            # The start-up sweep has finished: its best count is the ceiling from now on.
+            self.facts = replace(self.facts, thread_ceiling=max(sweep.best, self.gcfg.min_threads))
+            self.limits = replace(self.limits, threads=self._engine.threads)
+            self._requested = replace(self._requested, threads=self._engine.threads)
         self._sensors.set_load(self._engine.threads, self._engine.busy)
         snap = self._sensors.read()
         self.history.append(snap)

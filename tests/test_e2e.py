@@ -43,9 +43,17 @@ def ask(
 
 def test_status_is_retained_online_with_details(daemon: Daemon):
     status = daemon.wait_status("online", timeout=5)
+    deadline = time.monotonic() + 30
+    while "thread_sweep" not in status:  # republished once the start-up sweep is done
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+        status = daemon.wait_status("online", timeout=5)
     assert status["model"] == "smollm2-135m"
     assert status["n_ctx"] == 2048
     assert status["threads"] >= 1
+    # The thread sweep ran at start and its figures are published; the pick is one of them.
+    sweep = status["thread_sweep"]
+    assert str(status["threads"]) in sweep and all(v > 0 for v in sweep.values())
     assert status["chat"] is True
     assert status["request_topic"] == f"{daemon.prefix}/request"
 
