@@ -43,10 +43,18 @@ def in_process(path: str, threads: int, max_tokens: int, runs: int) -> list[floa
     return out
 
 
-def over_mqtt(threads: int, max_tokens: int, runs: int) -> tuple[list[float], list[float]]:
+def over_mqtt(
+    threads: int, max_tokens: int, runs: int, reply_qos: int
+) -> tuple[list[float], list[float]]:
     tmp = workdir()
     broker = Broker(free_port(), tmp).start()
-    d = Daemon(broker, tmp, settings={"model": {"n_threads": threads}}).start()
+    # Same threads as in-process: no governor (its start-up sweep could pick another count).
+    settings = {
+        "model": {"n_threads": threads},
+        "governor": {"enabled": False},
+        "mqtt": {"reply_qos": reply_qos},
+    }
+    d = Daemon(broker, tmp, settings=settings).start()
     client = Client(broker)
     tps, engine_tps = [], []
     try:
@@ -80,16 +88,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--reply-qos", type=int, default=1, choices=(0, 1, 2))
     args = ap.parse_args()
     path = str(models.locate(models.DEFAULT_MODEL, None))
     before = in_process(path, args.threads, args.max_tokens, args.runs)
-    mqtt, engine = over_mqtt(args.threads, args.max_tokens, args.runs)
+    mqtt, engine = over_mqtt(args.threads, args.max_tokens, args.runs, args.reply_qos)
     after = in_process(path, args.threads, args.max_tokens, args.runs)
     base = statistics.median(before + after)
     report(
         "stream_decode_tokens_per_s",
         {
             "threads": args.threads,
+        "reply_qos": args.reply_qos,
             "max_tokens": args.max_tokens,
             "in_process_before": [round(x, 1) for x in before],
             "in_process_after": [round(x, 1) for x in after],
