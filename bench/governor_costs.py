@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import threading
-import time
 from typing import Any
 
 import psutil
@@ -19,34 +17,13 @@ from bench.common import report
 from daemon import config, models
 from daemon.engine import Engine
 from daemon.governor import kv_bytes_per_token
-from daemon.jobs import Job
-from daemon.messages import Incoming, Request, parse_request
-from daemon.topics import Topics
+from tests.test_engine_limits import submit
 
 CFG = config.load(None)
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.finished = threading.Event()
-
-    def delta(self, *_: Any) -> None: ...
-
-    def done(self, *_: Any) -> None:
-        self.finished.set()
-
-    def error(self, *_: Any) -> None:
-        self.finished.set()
-
-
 def run(engine: Engine, body: str) -> None:
-    req = parse_request(
-        Incoming(body.encode(), "r", None, time.monotonic()), Topics("e", "n"), CFG.limits
-    )
-    assert isinstance(req, Request)
-    sink = _Sink()
-    engine.submit(Job(req, sink))
-    sink.finished.wait(120)
+    submit(engine, body).finished.wait(120)
 
 
 def main() -> None:

@@ -99,7 +99,7 @@ def main() -> None:
         "stream_decode_tokens_per_s",
         {
             "threads": args.threads,
-        "reply_qos": args.reply_qos,
+            "reply_qos": args.reply_qos,
             "max_tokens": args.max_tokens,
             "in_process_before": [round(x, 1) for x in before],
             "in_process_after": [round(x, 1) for x in after],

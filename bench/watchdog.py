@@ -31,8 +31,9 @@ def main() -> None:
             client = Client(broker)
             topic = f"bench/{uuid.uuid4().hex}"
             client.subscribe(topic)
-            client.publish(service.topics.request, json.dumps({"prompt": "hi"}),
-                           response_topic=topic)
+            client.publish(
+                service.topics.request, json.dumps({"prompt": "hi"}), response_topic=topic
+            )
             notify.wait_for("WATCHDOG", "trigger", 30)
             at = next(t for t, m in notify.messages if m.get("WATCHDOG") == "trigger")
             assert HangingEngine.hung_at is not None
@@ -43,8 +44,10 @@ def main() -> None:
             thread.join(30)
     finally:
         broker.stop()
-    report("watchdog_detection_s", {"watchdog_sec": 2.0,
-                                    "wedge_to_trigger_s": [round(x, 2) for x in latencies]})
+    report(
+        "watchdog_detection_s",
+        {"watchdog_sec": 2.0, "wedge_to_trigger_s": [round(x, 2) for x in latencies]},
+    )
 
 
 if __name__ == "__main__":

@@ -56,14 +56,9 @@ while (($#)); do
   shift
 done
 
-# root: where the tree goes, "" for the real system. A prefix install changes files only.
-root=""
-if [[ -n "$prefix" ]]; then
-  root=$(realpath -m "$prefix")
-  [[ "$root" == / ]] && root=""
-fi
-real_install=1
-[[ -n "$root" ]] && real_install=0
+# shellcheck source=deploy/lib.sh
+source "$(dirname "$0")/lib.sh"
+resolve_root install.sh "$prefix"
 
 venv="$root/opt/edgellm/venv"
 config_dir="$root/etc/edgellm"
@@ -74,21 +69,6 @@ unit_dir="$root/etc/systemd/system"
 credstore="$root/etc/credstore"
 credential="$credstore/edgellm.mqtt_password"
 service_user=edgellm
-
-say() { printf 'edgellm: %s\n' "$*"; }
-# Every change goes through run: printed under --dry-run, executed otherwise.
-run() {
-  if [[ $dry_run -eq 1 ]]; then
-    printf '+ %s\n' "$*"
-  else
-    "$@"
-  fi
-}
-
-if [[ $real_install -eq 1 && $dry_run -eq 0 && $(id -u) -ne 0 ]]; then
-  echo "install.sh: run as root (sudo $0), or use --prefix DIR or --dry-run" >&2
-  exit 1
-fi
 
 # -- the board ------------------------------------------------------------------------------------
 board=${EDGELLM_BOARD:-}

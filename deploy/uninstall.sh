@@ -39,22 +39,10 @@ while (($#)); do
   shift
 done
 
-root=""
-if [[ -n "$prefix" ]]; then
-  root=$(realpath -m "$prefix")
-  [[ "$root" == / ]] && root=""
-fi
-real_install=1
-[[ -n "$root" ]] && real_install=0
+# shellcheck source=deploy/lib.sh
+source "$(dirname "$0")/lib.sh"
+resolve_root uninstall.sh "$prefix"
 
-say() { printf 'edgellm: %s\n' "$*"; }
-run() {
-  if [[ $dry_run -eq 1 ]]; then
-    printf '+ %s\n' "$*"
-  else
-    "$@"
-  fi
-}
 # Remove a path if it is there (and say so); nothing to do is not an error.
 remove() {
   local path
@@ -66,10 +54,6 @@ remove() {
   done
 }
 
-if [[ $real_install -eq 1 && $dry_run -eq 0 && $(id -u) -ne 0 ]]; then
-  echo "uninstall.sh: run as root (sudo $0), or use --prefix DIR or --dry-run" >&2
-  exit 1
-fi
 
 unit_dir="$root/etc/systemd/system"
 systemd_up=0

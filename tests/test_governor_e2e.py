@@ -31,8 +31,12 @@ def governed(broker: Broker, tmp: Path, trace_file: Path) -> Daemon:
         settings={
             "monitor": {"source": "replay", "trace": str(trace_file), "interval_s": 0.2},
             # No sweep: on a busy 2-core CI box it may pick 1 thread, leaving nothing to step down.
-        "governor": {"hysteresis_s": 1, "telemetry_interval_s": 1, "ctx_hold_s": 1,
-                     "thread_sweep": False},
+            "governor": {
+                "hysteresis_s": 1,
+                "telemetry_interval_s": 1,
+                "ctx_hold_s": 1,
+                "thread_sweep": False,
+            },
         },
     ).start()
 

@@ -132,57 +132,25 @@ def test_missing_model_exits_with_a_clear_error(broker: Broker, tmp_path: Path):
     assert "nope.gguf" in d.log()
 
 
+def run_ask(broker: Broker, daemon: Daemon, *args: str) -> subprocess.CompletedProcess:
+    """`edgellm ask` as a user would run it, against the test broker and daemon."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "ask", "--host", broker.host, "--port",
+         str(broker.port), "--node-id", daemon.node_id, *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_cli_ask_streams_the_answer(broker: Broker, daemon: Daemon):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon",
-            "ask",
-            "--host",
-            broker.host,
-            "--port",
-            str(broker.port),
-            "--node-id",
-            daemon.node_id,
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "20",
-            "What is the capital of France?",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = run_ask(
+        broker, daemon, "--temperature", "0", "--max-tokens", "20", "What is the capital of France?"
     )
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
 
 
 def test_cli_ask_reports_errors(broker: Broker, daemon: Daemon):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon",
-            "ask",
-            "--host",
-            broker.host,
-            "--port",
-            str(broker.port),
-            "--node-id",
-            daemon.node_id,
-            "--v311",
-            "--max-tokens",
-            "0",
-            "x",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_ask(broker, daemon, "--v311", "--max-tokens", "0", "x")
     assert out.returncode == 1
     assert "bad_request" in out.stderr
 
