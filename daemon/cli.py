@@ -151,6 +151,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
+    # SIGUSR1: measure the thread counts again (e.g. after fitting a fan).
+    signal.signal(signal.SIGUSR1, lambda _s, _f: service.request_sweep())
     return service.run()
 
 

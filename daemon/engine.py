@@ -152,6 +152,10 @@ class Engine:
             job.finish_error(ErrorCode.CANCELLED, "cancelled before it started")
         return True
 
+    def request_sweep(self) -> None:
+        """Measure the thread counts again between jobs (SIGUSR1: after a change of cooling)."""
+        self._sweep_on_start = True
+
     def set_limits(self, threads: int | None = None, n_ctx: int | None = None) -> None:
         """Ask for a new thread count (applied between tokens) or context length (between jobs)."""
         if threads is not None:
@@ -205,16 +209,17 @@ class Engine:
             self._ready.set()
             return
         self._ready.set()
-        if self._sweep_on_start:
-            # After READY, so start-up stays fast on slow boards; a request that arrives
-            # meanwhile waits in the queue (its queue_ms says so).
-            try:
-                self._sweep()
-            except Exception:  # a failed measurement leaves the configured threads in place
-                log.exception("thread_sweep_failed")
         try:
             while not self._stop.is_set():
                 self.heartbeat = self._clock()
+                if self._sweep_on_start:
+                    # After READY (and between jobs), so start-up stays fast on slow boards; a
+                    # request that arrives meanwhile waits in the queue (its queue_ms says so).
+                    self._sweep_on_start = False
+                    try:
+                        self._sweep()
+                    except Exception:  # a failed measurement leaves the threads in place
+                        log.exception("thread_sweep_failed")
                 job = self._queue.get(timeout=_POLL_S)
                 # Limits asked for while waiting apply before the next job starts.
                 self._apply_threads()

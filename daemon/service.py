@@ -178,7 +178,7 @@ class Service:
         self.notifier.status("connecting to the broker")
         code = EXIT_OK
         ready = False
-        sweep_published = False
+        sweep_published = None
         last_ping = 0.0
         while not self.stop_event.wait(0.1):
             now = time.monotonic()
@@ -195,8 +195,8 @@ class Service:
                     startup_ms=round((now - t0) * 1000, 1),
                     request_topic=self.topics.request,
                 )
-            if not sweep_published and self.engine.sweep is not None:
-                sweep_published = True
+            if self.engine.sweep is not sweep_published:
+                sweep_published = self.engine.sweep
                 self.transport.set_status(status_payload("online", self.status_details()))
             if self.reload_event.is_set():
                 self.reload_event.clear()
@@ -231,6 +231,11 @@ class Service:
         else:
             log.error("engine_wedged", silent_s=round(now - self.engine.heartbeat, 1))
             self.notifier.watchdog_trigger()
+
+    def request_sweep(self) -> None:
+        """Re-measure the fastest thread count between jobs; the governor takes the result."""
+        if self.engine is not None:
+            self.engine.request_sweep()
 
     def reload(self) -> None:
         """Re-read config.yaml: apply what can change live, report what needs a restart."""

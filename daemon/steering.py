@@ -100,6 +100,7 @@ class Steering:
         self.facts = model_facts(info, engine, self.gcfg)
         self.limits = Limits(threads=engine.threads, n_ctx=engine.n_ctx, admit=True)
         self._requested = self.limits
+        self._sweep_seen = engine.sweep
         self._requested = self.limits
         self.history: collections.deque[Snapshot] = collections.deque(maxlen=_HISTORY)
         self.last: Decision | None = None
@@ -146,8 +147,10 @@ class Steering:
         """One step: read, decide, apply, and publish telemetry when due or on change."""
         now = self._clock()
         sweep = self._engine.sweep
-        if sweep is not None and sweep.best != self.facts.thread_ceiling:
-            # The start-up sweep has finished: its best count is the ceiling from now on.
+        if sweep is not None and sweep is not self._sweep_seen:
+            self._sweep_seen = sweep
+            # A sweep (at start, or asked for with SIGUSR1) has finished: its best count is
+            # the ceiling from now on.
             self.facts = replace(self.facts, thread_ceiling=max(sweep.best, self.gcfg.min_threads))
             self.limits = replace(self.limits, threads=self._engine.threads)
             self._requested = replace(self._requested, threads=self._engine.threads)

@@ -187,3 +187,25 @@ def test_sighup_applies_live_keys_and_reports_the_rest(
     finally:
         client.close()
         d.stop()
+
+
+def test_sigusr1_measures_the_thread_counts_again(broker: Broker, daemon: Daemon):
+    def sweeps() -> list[dict]:
+        return [e for e in daemon.log_events() if e.get("event") == "thread_sweep"]
+
+    deadline = time.monotonic() + 30
+    while not sweeps():  # the start-up sweep
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGUSR1)
+    while len(sweeps()) < 2:
+        assert time.monotonic() < deadline + 30, daemon.log()
+        time.sleep(0.1)
+    assert set(sweeps()[-1]["tokens_per_s"]) == {"1", "2"}
+    client = Client(broker)
+    try:
+        done = client.until_terminal(send(client, daemon, {"prompt": "Hi", "max_tokens": 3}), 60)
+        assert done[-1].body["type"] == "done"
+    finally:
+        client.close()
