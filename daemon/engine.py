@@ -22,6 +22,9 @@ log = structlog.get_logger(__name__)
 # llama.cpp reads this seed as "pick a random one".
 _RANDOM_SEED = 0xFFFFFFFF
 _POLL_S = 0.5
+# What a cancelled or timed-out reply says was generated when nothing was (the protocol
+# promises `text` and `usage` on those errors).
+_NOTHING_YET = {"usage": {"prompt_tokens": 0, "completion_tokens": 0}, "text": ""}
 
 
 class EngineError(Exception):
@@ -149,7 +152,7 @@ class Engine:
             return False
         job.cancelled.set()
         if job is not self._current:
-            job.finish_error(ErrorCode.CANCELLED, "cancelled before it started")
+            job.finish_error(ErrorCode.CANCELLED, "cancelled before it started", _NOTHING_YET)
         return True
 
     def request_sweep(self) -> None:
@@ -188,7 +191,7 @@ class Engine:
         """Refuse new work, let the running job finish within grace_s, then free the model."""
         self._stop.set()
         for job in self._queue.drain():
-            job.finish_error(ErrorCode.CANCELLED, "the daemon is shutting down")
+            job.finish_error(ErrorCode.CANCELLED, "the daemon is shutting down", _NOTHING_YET)
         deadline = time.monotonic() + grace_s
         while self._current is not None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -430,10 +433,12 @@ class Engine:
         req = job.request
         started = self._clock()
         if job.cancelled.is_set() or job.finished:
-            job.finish_error(ErrorCode.CANCELLED, "cancelled before it started")
+            job.finish_error(ErrorCode.CANCELLED, "cancelled before it started", _NOTHING_YET)
             return
         if started > req.deadline:
-            job.finish_error(ErrorCode.TIMEOUT, "deadline passed while waiting in the queue")
+            job.finish_error(
+                ErrorCode.TIMEOUT, "deadline passed while waiting in the queue", _NOTHING_YET
+            )
             return
         llm = self._llm
         try:

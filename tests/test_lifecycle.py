@@ -55,7 +55,12 @@ def test_full_queue_answers_busy_and_every_accepted_request_finishes(
 
 
 def test_deadline_gives_a_timeout_error(broker: Broker, model_path: Path, tmp_path: Path):
-    d = Daemon(broker, tmp_path, settings={"limits": {"request_timeout_s": 0.5}}).start()
+    # No start-up sweep: a request queued behind it would time out before it starts.
+    d = Daemon(
+        broker,
+        tmp_path,
+        settings={"limits": {"request_timeout_s": 0.5}, "governor": {"thread_sweep": False}},
+    ).start()
     client = Client(broker)
     try:
         topic = send(client, d, {**LONG, "max_tokens": 1000})
