@@ -1,16 +1,11 @@
-"""Sensor readings as frozen Snapshots: the real machine, a replayed trace, or a thermal model."""
+"""Sensor readings as frozen Snapshots from the real machine; the source the config names."""
 
 from __future__ import annotations
 
-import bisect
-import csv
-import json
-import math
 import re
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -447,201 +442,13 @@ def _power_modes(root: Path) -> tuple[dict[int, str], int | None]:
     return names, int(default.group(1)) if default else None
 
 
-# -- a recorded trace ----------------------------------------------------------------------------
-
-_INT_FIELDS = (
-    "mem_total",
-    "mem_available",
-    "swap_total",
-    "swap_used",
-    "cgroup_limit",
-    "cgroup_current",
-)
-
-
-class ReplaySensors:
-    """Replays a recorded trace: the row whose t is the latest at or before the time elapsed."""
-
-    def __init__(self, path: Path, clock: Clock = time.monotonic, loop: bool = False):
-        self._rows = load_trace(path)
-        self._clock = clock
-        self._loop = loop
-        t0 = self._rows[0].t
-        self._offsets = [row.t - t0 for row in self._rows]
-        # Looping holds the last row as long as the step before it, then starts again.
-        last_step = self._offsets[-1] - self._offsets[-2] if len(self._rows) > 1 else 0.0
-        self._period = self._offsets[-1] + last_step
-        self._start: float | None = None
-
-    def set_load(self, threads: int, busy: bool) -> None:
-        """A recording does not respond to the load."""
-
-    def read(self) -> Snapshot:
-        """The trace row for now; the clock starts at the first read, when monitoring starts."""
-        now = self._clock()
-        if self._start is None:
-            self._start = now
-        elapsed = now - self._start
-        if self._loop and self._period > 0:
-            elapsed %= self._period
-        index = max(0, bisect.bisect_right(self._offsets, elapsed) - 1)
-        return replace(self._rows[index], t=now)
-
-
-def load_trace(path: Path) -> list[Snapshot]:
-    """A trace file (CSV with a header, or JSON lines) as Snapshots; ValueError names the line."""
-    text = path.read_text(encoding="utf-8")
-    is_json = path.suffix in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{")
-    records = _json_records(text) if is_json else _csv_records(text)
-    rows: list[Snapshot] = []
-    for line, record in records:
-        try:
-            row = _snapshot_from(record)
-        except (KeyError, ValueError, TypeError, AttributeError) as err:
-            raise ValueError(f"{path}:{line}: {err}") from None
-        if rows and row.t < rows[-1].t:
-            raise ValueError(f"{path}:{line}: t goes backwards ({row.t} < {rows[-1].t})")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: the trace has no rows")
-    return rows
-
-
-def _json_records(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError(f"line {number}: not a JSON object")
-            yield number, record
-
-
-def _csv_records(text: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    lines = [line for line in text.splitlines() if not line.startswith("#")]
-    reader = csv.DictReader(lines)
-    # Line numbers count the header as line 1 (comment lines are not counted).
-    return ((n, row) for n, row in enumerate(reader, 2))
-
-
-def _snapshot_from(record: Mapping[str, Any]) -> Snapshot:
-    """One trace record; empty cells and nulls are missing sensors, unknown columns are ignored."""
-
-    def value(key: str) -> Any:
-        got = record.get(key)
-        return None if got is None or (isinstance(got, str) and not got.strip()) else got
-
-    if value("t") is None:
-        raise KeyError("t is missing")
-    zones = {str(k): float(v) for k, v in (value("zones") or {}).items()}
-    # CSV has no nested values: a column "zone.<type>" is one zone.
-    for key, raw in record.items():
-        if key and key.startswith("zone.") and value(key) is not None:
-            zones[key.removeprefix("zone.")] = float(raw)
-    temp = value("cpu_temp_c")
-    mode = value("jetson_power_mode")
-    return Snapshot(
-        t=float(value("t")),
-        cpu_temp_c=float(temp) if temp is not None else hottest_cpu(zones),
-        zones=zones,
-        throttle=_throttle_from(value("throttled")),
-        jetson_power_mode=str(mode) if mode is not None else None,
-        board=str(value("board") or "replay"),
-        **{k: int(float(value(k))) if value(k) is not None else None for k in _INT_FIELDS},
-    )
-
-
-def _throttle_from(raw: Any) -> ThrottleFlags | None:
-    if raw is None:
-        return None
-    return ThrottleFlags(raw) if isinstance(raw, int) else ThrottleFlags.parse(str(raw))
-
-
-# -- a thermal model -----------------------------------------------------------------------------
-
-
-class SimulatedSensors:
-    """A first-order thermal model heated by the daemon's real work and cooled toward ambient.
-
-    dT/dt = heat_per_thread * threads * busy - cool * (T - (ambient + idle_rise)), solved exactly
-    between load changes, so readings do not depend on how often they are taken. The defaults give
-    a Pi 5 without a fan: 4 busy threads cross 85 °C after about 2.5 minutes (settling near
-    90 °C), 3 settle near 76 °C, and an idle board is back under 45 °C within two minutes.
-    """
-
-    def __init__(
-        self,
-        clock: Clock = time.monotonic,
-        ambient_c: float = 25.0,
-        idle_rise_c: float = 10.0,
-        heat_per_thread_c_s: float = 0.22,
-        cool_per_s: float = 0.016,
-        throttle_c: float | None = 85.0,
-        mem_total: int | None = None,
-        mem_available: int | None = None,
-        root: Path = Path("/"),
-    ):
-        self._clock = clock
-        self._idle_c = ambient_c + idle_rise_c
-        self._heat = heat_per_thread_c_s
-        self._cool = cool_per_s
-        self._throttle_c = throttle_c
-        self._lock = threading.Lock()  # set_load comes from the engine, read from the monitor
-        self._temp = self._idle_c
-        self._load = 0.0  # busy threads
-        self._at = clock()
-        self._since_boot = 0
-        # Memory is the real machine's unless fixed figures are given (a test of a small board).
-        self._memory: MemoryReader | None = None
-        self._fixed: dict[str, Any] = {}
-        if mem_available is None:
-            self._memory = MemoryReader(root)
-        else:
-            total = mem_total if mem_total is not None else mem_available
-            self._fixed = {"mem_total": total, "mem_available": mem_available}
-
-    @property
-    def steady_c(self) -> float:
-        """Where the temperature settles under the current load."""
-        return self._idle_c + self._heat * self._load / self._cool
-
-    def set_load(self, threads: int, busy: bool) -> None:
-        """The daemon's work from now on: threads generating (busy) or idle."""
-        with self._lock:
-            self._advance(self._clock())
-            self._load = float(threads) if busy else 0.0
-
-    def read(self) -> Snapshot:
-        """The modelled temperature now, with the real or the fixed memory figures."""
-        now = self._clock()
-        throttle = None
-        with self._lock:
-            self._advance(now)
-            temp = self._temp
-            if self._throttle_c is not None:
-                # Like the Pi firmware: capped and throttled while hot, remembered since boot.
-                now_bits = 0x6 if temp >= self._throttle_c else 0
-                self._since_boot |= now_bits << 16
-                throttle = ThrottleFlags(now_bits | self._since_boot)
-        return Snapshot(
-            t=now,
-            cpu_temp_c=round(temp, 2),
-            zones={"cpu-thermal": round(temp, 2)},
-            throttle=throttle,
-            board="simulated",
-            **(self._memory.read() if self._memory is not None else self._fixed),
-        )
-
-    def _advance(self, now: float) -> None:
-        dt = max(0.0, now - self._at)
-        steady = self.steady_c
-        self._temp = steady + (self._temp - steady) * math.exp(-self._cool * dt)
-        self._at = now
-
-
 def make_sensors(
     cfg: MonitorConfig, root: Path | None = None, clock: Clock = time.monotonic
 ) -> SensorSource:
     """The sensor source the config names; root (default cfg.sysfs_root) is where /sys lives."""
+    from daemon.replay import ReplaySensors
+    from daemon.thermalsim import SimulatedSensors
+
     root = root if root is not None else cfg.sysfs_root
     if cfg.source == "replay":
         assert cfg.trace is not None  # the config's validator requires it

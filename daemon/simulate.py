@@ -9,7 +9,8 @@ from pathlib import Path
 from daemon import boards
 from daemon.config import Config
 from daemon.governor import Limits, ModelFacts, decide
-from daemon.monitor import ReplaySensors, SensorSource, Snapshot, make_sensors
+from daemon.monitor import SensorSource, Snapshot, make_sensors
+from daemon.replay import ReplaySensors
 
 # SmolLM2-135M's KV cache (f16): 30 layers x 3 KV heads x (64 + 64) x 2 bytes.
 _DEFAULT_KV_PER_TOKEN = 23040

@@ -25,7 +25,9 @@ from daemon.governor import (
     largest_fitting,
     thread_bounds,
 )
-from daemon.monitor import ReplaySensors, SimulatedSensors, Snapshot, ThrottleFlags
+from daemon.monitor import Snapshot, ThrottleFlags
+from daemon.replay import ReplaySensors
+from daemon.thermalsim import SimulatedSensors
 from tests.fakesys import MIB, FakeClock
 
 TRACE = Path(__file__).parent / "data" / "pi5_heatup.csv"

@@ -12,14 +12,9 @@ from structlog.testing import capture_logs
 
 from daemon import monitor
 from daemon.config import MonitorConfig
-from daemon.monitor import (
-    ReplaySensors,
-    SimulatedSensors,
-    Snapshot,
-    SystemSensors,
-    ThrottleFlags,
-    make_sensors,
-)
+from daemon.monitor import Snapshot, SystemSensors, ThrottleFlags, make_sensors
+from daemon.replay import ReplaySensors
+from daemon.thermalsim import SimulatedSensors
 from tests import fakesys
 from tests.fakesys import MIB, FakeClock
 
