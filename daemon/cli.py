@@ -140,19 +140,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logsetup.configure(cfg.logging.level, cfg.logging.format)
     # A watchdog SIGABRT then leaves every thread's traceback in the journal (no core dumps).
     faulthandler.enable()
+    # SIGUSR2 dumps every thread's stack to the log without stopping: for a daemon that hangs.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     service = Service(cfg, config_path=args.config, overrides=_overrides(args))
 
-    def stop(signum: int, _frame: Any) -> None:
-        service.stop_event.set()
+    # The handlers only note the signal; the service's main loop acts on it.
+    signals = {
+        signal.SIGTERM: "stop",
+        signal.SIGINT: "stop",
+        signal.SIGHUP: "reload",
+        signal.SIGUSR1: "sweep",  # measure the thread counts again (e.g. after fitting a fan)
+    }
 
-    def reload(signum: int, _frame: Any) -> None:
-        service.reload_event.set()  # handled on the main loop, never inside the handler
+    def note(signum: int, _frame: Any) -> None:
+        service.on_signal(signals[signal.Signals(signum)])
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, reload)
-    # SIGUSR1: measure the thread counts again (e.g. after fitting a fan).
-    signal.signal(signal.SIGUSR1, lambda _s, _f: service.request_sweep())
+    for signum in signals:
+        signal.signal(signum, note)
     return service.run()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections import Counter
@@ -105,7 +106,8 @@ class Service:
         self.cfg = cfg
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id)
         self.stop_event = threading.Event()
-        self.reload_event = threading.Event()
+        # Signals land here (see on_signal); the main loop takes them off.
+        self._signals: collections.deque[str] = collections.deque()
         self.notifier = notifier or Notifier.from_env()
         self._config_path = config_path
         self._overrides = overrides or {}
@@ -198,9 +200,14 @@ class Service:
             if self.engine.sweep is not sweep_published:
                 sweep_published = self.engine.sweep
                 self.transport.set_status(status_payload("online", self.status_details()))
-            if self.reload_event.is_set():
-                self.reload_event.clear()
-                self.reload()
+            while self._signals:
+                signalled = self._signals.popleft()
+                if signalled == "stop":
+                    self.stop_event.set()
+                elif signalled == "reload":
+                    self.reload()
+                elif signalled == "sweep":
+                    self.engine.request_sweep()
             interval = self.notifier.watchdog_interval_s
             if interval is not None and now - last_ping >= interval:
                 last_ping = now
@@ -232,10 +239,14 @@ class Service:
             log.error("engine_wedged", silent_s=round(now - self.engine.heartbeat, 1))
             self.notifier.watchdog_trigger()
 
-    def request_sweep(self) -> None:
-        """Re-measure the fastest thread count between jobs; the governor takes the result."""
-        if self.engine is not None:
-            self.engine.request_sweep()
+    def on_signal(self, what: str) -> None:
+        """Note a signal ("stop", "reload", "sweep") for the main loop; safe in a handler.
+
+        A handler must not take a lock: Event.set() there can deadlock against the main
+        thread's own Event.wait() on the same event (it holds the event's lock when the
+        handler runs). deque.append takes none.
+        """
+        self._signals.append(what)
 
     def reload(self) -> None:
         """Re-read config.yaml: apply what can change live, report what needs a restart."""

@@ -267,5 +267,8 @@ class Daemon:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Leave every thread's stack in the log (faulthandler on SIGUSR2) before killing.
+            self.proc.send_signal(signal.SIGUSR2)
+            time.sleep(1)
             self.proc.kill()
-            raise
+            raise AssertionError(f"daemon did not stop within {timeout} s:\n{self.log()}") from None
