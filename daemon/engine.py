@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -111,7 +112,7 @@ class Engine:
         self.n_ctx = 0
         self.tokens_per_s_avg: float | None = None
         self.sweep: SweepResult | None = None
-        self._sweep_on_start = False
+        self._sweep_wanted = False
 
     # -- called from other threads -------------------------------------------------------------
 
@@ -121,7 +122,7 @@ class Engine:
         With sweep_threads, the worker then measures decode speed at each thread count before
         it takes the first job; `sweep` holds the result once done.
         """
-        self._sweep_on_start = sweep_threads
+        self._sweep_wanted = sweep_threads
         self._thread.start()
         if not self._ready.wait(timeout):
             raise EngineError(f"model did not load within {timeout:.0f} s")
@@ -157,7 +158,7 @@ class Engine:
 
     def request_sweep(self) -> None:
         """Measure the thread counts again between jobs (SIGUSR1: after a change of cooling)."""
-        self._sweep_on_start = True
+        self._sweep_wanted = True
 
     def set_limits(self, threads: int | None = None, n_ctx: int | None = None) -> None:
         """Ask for a new thread count (applied between tokens) or context length (between jobs)."""
@@ -215,10 +216,10 @@ class Engine:
         try:
             while not self._stop.is_set():
                 self.heartbeat = self._clock()
-                if self._sweep_on_start:
+                if self._sweep_wanted:
                     # After READY (and between jobs), so start-up stays fast on slow boards; a
                     # request that arrives meanwhile waits in the queue (its queue_ms says so).
-                    self._sweep_on_start = False
+                    self._sweep_wanted = False
                     try:
                         self._sweep()
                     except Exception:  # a failed measurement leaves the threads in place
@@ -248,8 +249,6 @@ class Engine:
 
         t0 = time.monotonic()
         n_threads = self._mcfg.n_threads or default_threads()
-        import os
-
         llm = Llama(
             model_path=str(self._path),
             n_ctx=self._mcfg.n_ctx,

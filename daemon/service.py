@@ -128,8 +128,8 @@ class Service:
             details.update(
                 model=info.name,
                 chat=info.chat,
-                n_ctx=self.engine.n_ctx or info.n_ctx,
-                threads=self.engine.threads or info.n_threads,
+                n_ctx=self.engine.n_ctx,
+                threads=self.engine.threads,
             )
             if self.engine.sweep is not None:
                 # The measured speed per thread count, recorded where anyone can read it.

@@ -103,7 +103,6 @@ class Steering:
         self._sweep_seen = engine.sweep
         self._requested = self.limits
         self.history: collections.deque[Snapshot] = collections.deque(maxlen=_HISTORY)
-        self.last: Decision | None = None
         self.last_change: tuple[float, Decision] | None = None
         self._last_telemetry = -float("inf")
         self._stop = threading.Event()
@@ -158,7 +157,6 @@ class Steering:
         snap = self._sensors.read()
         self.history.append(snap)
         decision = decide(list(self.history), self.limits, self.gcfg, self.facts, now)
-        self.last = decision
         new, old = decision.limits, self._requested
         fresh = decision.changed and new != old
         if fresh:

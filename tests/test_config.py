@@ -87,17 +87,18 @@ def test_password_sources_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert config.mqtt_password(cfg) == "from-env"
 
 
+def check_config(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config", str(path)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 def test_password_is_never_printed(tmp_path: Path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"mqtt": {"username": "u", "password": "hunter2"}}))
     assert "hunter2" not in repr(config.load(path))
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = check_config(path)
     assert out.returncode == 0
     assert "hunter2" not in out.stdout
     assert "valid" in out.stdout
@@ -106,13 +107,7 @@ def test_password_is_never_printed(tmp_path: Path):
 def test_check_config_fails_readably(tmp_path: Path):
     path = tmp_path / "c.yaml"
     path.write_text("mqtt:\n  port: nope\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = check_config(path)
     assert out.returncode == 2
     assert "mqtt.port" in out.stderr
     assert "Traceback" not in out.stderr
