@@ -43,7 +43,7 @@ def one(broker: Broker, tmp, during_generation: bool, interval_s: float) -> floa
     client = Client(broker)
     try:
         if during_generation:
-            topic = f"bench/{uuid.uuid4().hex}"
+            topic = f"{d.prefix}/response/bench/{uuid.uuid4().hex}"
             client.subscribe(topic)
             client.publish(
                 f"{d.prefix}/request",

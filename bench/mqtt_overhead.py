@@ -24,7 +24,7 @@ def main() -> None:
     broker = Broker(free_port(), tmp).start()
     d = Daemon(broker, tmp).start()
     client = Client(broker)
-    topic = f"bench/{uuid.uuid4().hex}"
+    topic = f"{d.prefix}/response/bench/{uuid.uuid4().hex}"
     client.subscribe(topic)
     body = json.dumps({"prompt": "Say OK.", "max_tokens": args.max_tokens, "temperature": 0})
     overheads, walls, engines = [], [], []

@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 import uuid
 
 from bench.common import Broker, Client, Daemon, free_port, report, workdir
@@ -23,9 +24,14 @@ PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 
 
 def in_process(path: str, threads: int, max_tokens: int, runs: int) -> list[float]:
-    from llama_cpp import Llama
+    from daemon import cpuprobe
+    from daemon.llama_compat import load_llama
 
-    llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_batch=256, verbose=False)
+    # The same weight layout the daemon runs with on this CPU (repacking may die here).
+    repack = cpuprobe.decide("auto", Path(path)).repack
+    llm = load_llama(
+        path, repack=repack, n_ctx=2048, n_threads=threads, n_batch=256, verbose=False
+    )
     out = []
     for _ in range(runs):
         stamps = []
@@ -59,7 +65,7 @@ def over_mqtt(
     tps, engine_tps = [], []
     try:
         for _ in range(runs + 1):
-            topic = f"bench/{uuid.uuid4().hex}"
+            topic = f"{d.prefix}/response/bench/{uuid.uuid4().hex}"
             client.subscribe(topic)
             client.publish(
                 f"{d.prefix}/request",

@@ -23,7 +23,7 @@ def measure(broker: Broker, tmp, settings: dict, runs: int) -> tuple[float, int]
         status = d.wait_status("online", 10)
         out = []
         for _ in range(runs + 1):
-            topic = f"bench/{uuid.uuid4().hex}"
+            topic = f"{d.prefix}/response/bench/{uuid.uuid4().hex}"
             client.subscribe(topic)
             client.publish(
                 f"{d.prefix}/request",

@@ -29,7 +29,7 @@ def main() -> None:
             service, notify, thread = run_service(broker, tmp, HangingEngine)
             notify.wait_for("READY", "1", 60)
             client = Client(broker)
-            topic = f"bench/{uuid.uuid4().hex}"
+            topic = f"{service.topics.base}/response/bench/{uuid.uuid4().hex}"
             client.subscribe(topic)
             client.publish(
                 service.topics.request, json.dumps({"prompt": "hi"}), response_topic=topic

@@ -21,6 +21,7 @@ examples:
   edgellm ask "Why is the sky blue?"     ask the local node, print tokens as they arrive
   edgellm model fetch smollm2-135m       download and verify the default model
   edgellm check-config config.yaml       validate a config file and print the result
+  edgellm doctor                         does llama.cpp run on this CPU? (probe once, remember)
 """
 
 
@@ -85,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tps", type=float, default=40.0, help="tokens/s of one thread")
     sim.add_argument("--out", type=Path, default=Path("edgellm-simulation.png"))
     sim.add_argument("--csv", type=Path, help="also write every step as CSV")
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check that llama.cpp runs on this CPU (probe once, remember the verdict)",
+        description="Loads the configured model in a child process and decodes a few tokens, "
+        "with and (if that dies) without weight repacking; prints and remembers the verdict "
+        "that `serve` uses. A remembered verdict is printed without probing unless --reprobe.",
+    )
+    doctor.add_argument("-c", "--config", type=Path, help="config.yaml (model.*)")
+    doctor.add_argument("--reprobe", action="store_true", help="forget the verdict, probe again")
 
     check = sub.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("path", type=Path, nargs="?", help="config.yaml (default: embedded)")
@@ -202,7 +213,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = reply_topic
             props.CorrelationData = correlation
-        c.publish(topics.request, json.dumps(body), qos=1, properties=props)
+        # With a user name, the per-user request topic: the LAN broker's ACL binds it to that
+        # user (its rate limit and allow-list entry); anonymous clients use the plain topic.
+        request_topic = (
+            topics.client_request(cfg.mqtt.username) if cfg.mqtt.username else topics.request
+        )
+        c.publish(request_topic, json.dumps(body), qos=1, properties=props)
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
         try:
@@ -285,6 +301,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from daemon import cpuprobe, logsetup, models
+    from daemon.llama_compat import TESTED_VERSIONS
+
+    cfg = config_load(args.config)
+    logsetup.configure("warning", "console")
+    path = models.locate(cfg.model.name, cfg.model.dir)
+    cache = cpuprobe.VerdictCache(cpuprobe.state_dir() / cpuprobe.CACHE_NAME)
+    print(f"model: {path}")
+    print(f"llama-cpp-python: {cpuprobe.build_version()} (tested: {', '.join(TESTED_VERSIONS)})")
+    print(f"cpu: {cpuprobe.cpu_model()}")
+    print(f"verdicts: {cache.path}")
+    if args.reprobe:
+        cache.forget(cpuprobe.identity(path))
+    try:
+        verdict = cpuprobe.decide(cfg.model.cpu_repack, path, cache)
+    except cpuprobe.CpuUnsupported as err:
+        print(f"verdict: llama.cpp cannot run here. {err}")
+        return 5
+    print(f"verdict: {verdict.describe()}")
+    return 0
+
+
+def config_load(path: Path | None) -> Any:
+    from daemon import config
+
+    return config.load(path)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from daemon import config
 
@@ -327,6 +372,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "ask": cmd_ask,
     "check-config": cmd_check_config,
+    "doctor": cmd_doctor,
     "simulate": cmd_simulate,
     "model": cmd_model,
 }

@@ -52,6 +52,13 @@ class MqttConfig(_Section):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
     topic_prefix: str = Field("edgellm", min_length=1, description="First topic level(s).")
     reply_qos: Literal[0, 1, 2] = Field(1, description="QoS of replies and stream chunks.")
+    reply_expiry_s: int | None = Field(
+        600,
+        ge=1,
+        le=86400,
+        description="MQTT v5 Message Expiry of replies: a vanished client's stream does not "
+        "pile up in the broker; None: never expire.",
+    )
     tls: TlsConfig = TlsConfig()
 
     @model_validator(mode="after")
@@ -78,6 +85,11 @@ class ModelConfig(_Section):
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all).")
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the model's own."
+    )
+    cpu_repack: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Repack weights for the CPU's fastest kernels (llama.cpp's extra buffer "
+        "types: AMX, aarch64). auto: probe once in a child process, fall back to off if it dies.",
     )
 
 
@@ -110,6 +122,53 @@ class LimitsConfig(_Section):
     shutdown_grace_s: float = Field(
         5.0, ge=0, description="How long shutdown lets a running generation finish."
     )
+    dedupe_window_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="A request id seen again within this window is not run again; its "
+        "terminal reply is sent again (QoS 1 redelivery, client retries).",
+    )
+
+
+class RateLimitConfig(_Section):
+    """Per-client token buckets; a client over either gets `rate_limited`."""
+
+    requests_per_min: float | None = Field(
+        60.0, gt=0, description="Sustained requests per minute per client; None: no limit."
+    )
+    burst: int = Field(10, ge=1, le=10000, description="Requests a client may send at once.")
+    tokens_per_min: int | None = Field(
+        20000, gt=0, description="Generated tokens per minute per client; None: no limit."
+    )
+
+
+class PolicyConfig(_Section):
+    """What this node will do for whom: clients, reply topics, a fixed system prompt, terms."""
+
+    clients_allowed: list[str] | None = Field(
+        None,
+        description="Client names (the level after .../request/) allowed to ask; None: all. "
+        "The plain .../request topic is the client named '' (empty).",
+    )
+    reply_topics: list[str] | None = Field(
+        None,
+        description="MQTT topic filters replies may also go to, besides the node's own reply "
+        "tree <prefix>/<node>/response/# (always allowed).",
+    )
+    system_prompt: str | None = Field(
+        None, description="A fixed system prompt put before any a request brings; not replaceable."
+    )
+    blocked_terms: list[str] = Field(
+        default_factory=list,
+        description="Terms refused in prompts and cut from output (case-insensitive): "
+        "the request gets a `policy` error.",
+    )
+    classifier: str | None = Field(
+        None,
+        description="A safety classifier, 'module:factory' returning a Classifier; None: off.",
+    )
+    rate_limit: RateLimitConfig = RateLimitConfig()
 
 
 class SimConfig(_Section):
@@ -237,6 +296,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     generation: GenerationConfig = GenerationConfig()
     limits: LimitsConfig = LimitsConfig()
+    policy: PolicyConfig = PolicyConfig()
     monitor: MonitorConfig = MonitorConfig()
     governor: GovernorConfig = GovernorConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -13,9 +13,11 @@ from typing import Any
 
 import structlog
 
-from daemon.config import GenerationConfig, LimitsConfig, ModelConfig
+from daemon import admission, llama_compat
+from daemon.config import GenerationConfig, LimitsConfig, ModelConfig, PolicyConfig
 from daemon.jobs import Job, JobQueue, QueueFull
 from daemon.messages import ChatMessage, Done, ErrorCode, StreamMode, Timings, Usage
+from daemon.policy import Classifier, TermFilter, compose_system
 from daemon.textstream import SentenceChunker, StopMatcher
 
 log = structlog.get_logger(__name__)
@@ -26,6 +28,9 @@ _POLL_S = 0.5
 # What a cancelled or timed-out reply says was generated when nothing was (the protocol
 # promises `text` and `usage` on those errors).
 _NOTHING_YET = {"usage": {"prompt_tokens": 0, "completion_tokens": 0}, "text": ""}
+# Faults in a row after which the worker gives up: the daemon goes offline and systemd restarts
+# it with a fresh process (a fault loop would otherwise answer `internal` forever).
+_MAX_FAULTS = 3
 
 
 class EngineError(Exception):
@@ -34,6 +39,14 @@ class EngineError(Exception):
 
 class DuplicateId(Exception):
     """A request with this id is already waiting or running."""
+
+
+class WouldMissDeadline(Exception):
+    """By the measured speeds, the request would not start before its deadline."""
+
+    def __init__(self, wait_s: float):
+        super().__init__(f"estimated wait {wait_s:.1f} s")
+        self.wait_s = wait_s
 
 
 class _Rejected(Exception):
@@ -73,6 +86,16 @@ def default_threads() -> int:
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
+def _common_prefix(cached: Any, tokens: list[int]) -> int:
+    """How many leading tokens llama-cpp-python's generate() will reuse from the KV cache."""
+    n = 0
+    for a, b in zip(cached, tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(tokens) - 1)
+
+
 class Engine:
     """Runs requests one at a time on the thread that owns the model."""
 
@@ -84,8 +107,16 @@ class Engine:
         generation: GenerationConfig,
         limits: LimitsConfig,
         clock: Callable[[], float] = time.monotonic,
+        repack: bool = False,
+        policy: PolicyConfig | None = None,
+        classifier: Classifier | None = None,
     ):
         self._path = model_path
+        # Weight repacking (llama.cpp's extra buffer types): off unless the CPU probe said it
+        # runs here (daemon/cpuprobe.py); off is always safe, only slower on some CPUs.
+        self._repack = repack
+        self._policy = policy or PolicyConfig()
+        self._classifier = classifier
         self._name = model_name
         self._mcfg = model_cfg
         self._gen = generation
@@ -111,6 +142,10 @@ class Engine:
         self.threads = 0
         self.n_ctx = 0
         self.tokens_per_s_avg: float | None = None
+        self.prefill_per_s_avg: float | None = None
+        # Set (with a reason) when the worker cannot go on: the service goes offline and exits.
+        self.failure: str | None = None
+        self.failed = threading.Event()
         self.sweep: SweepResult | None = None
         self._sweep_wanted = False
 
@@ -132,15 +167,47 @@ class Engine:
         return self.info
 
     def submit(self, job: Job) -> None:
-        """Queue a job; raises QueueFull (answer busy) or DuplicateId."""
-        rid = job.request.id
+        """Queue a job; raises QueueFull (answer busy), DuplicateId or WouldMissDeadline.
+
+        A full queue makes room for an interactive job by answering the newest background one
+        `busy`.
+        """
+        req = job.request
+        job.estimate_s = admission.job_seconds(
+            admission.prompt_chars(req), self._max_new(req), self.rates()
+        )
         with self._lock:
             current = self._current
-            if (current is not None and current.request.id == rid) or self._queue.find(rid):
-                raise DuplicateId(rid)
-            if self._stop.is_set():
+            if (current is not None and current.request.id == req.id) or self._queue.find(req.id):
+                raise DuplicateId(req.id)
+            if self._stop.is_set() or self.failed.is_set():
                 raise QueueFull
-            self._queue.put(job)
+            wait = admission.wait_seconds(
+                job, current, self._queue.snapshot(), self._clock(), self.rates()
+            )
+            if wait is not None and self._clock() + wait > req.deadline:
+                raise WouldMissDeadline(wait)
+            displaced = self._queue.put(job)
+        if displaced is not None:
+            displaced.finish_error(
+                ErrorCode.BUSY,
+                "the queue is full and an interactive request took this one's place",
+                {"queue_depth": len(self._queue)},
+            )
+
+    def rates(self) -> admission.Rates:
+        """Measured prefill and decode tokens/s (None until measured)."""
+        return admission.Rates(self.prefill_per_s_avg, self.tokens_per_s_avg)
+
+    def expire_waiting(self) -> int:
+        """Answer `timeout` to every waiting job whose deadline has passed; how many."""
+        now = self._clock()
+        expired = self._queue.remove_if(lambda j: now > j.request.deadline)
+        for job in expired:
+            job.finish_error(
+                ErrorCode.TIMEOUT, "deadline passed while waiting in the queue", _NOTHING_YET
+            )
+        return len(expired)
 
     def cancel(self, request_id: str) -> bool:
         """Stop a running generation between tokens, or answer a waiting one at once."""
@@ -167,18 +234,19 @@ class Engine:
         if n_ctx is not None:
             self._want_ctx = n_ctx
 
-    def update_settings(self, generation: GenerationConfig, limits: LimitsConfig) -> None:
-        """New request defaults and bounds (a reload); the next job uses them."""
+    def update_settings(
+        self, generation: GenerationConfig, limits: LimitsConfig, policy: PolicyConfig | None = None
+    ) -> None:
+        """New request defaults, bounds and policy (a reload); the next job uses them."""
         self._gen = generation
         self._limits = limits
+        if policy is not None:
+            self._policy = policy
         self._queue.maxsize = limits.queue_size
 
     def native_limits(self) -> tuple[int, int]:
         """(threads, n_ctx) as llama.cpp itself reports them: proof that a change took effect."""
-        import llama_cpp
-
-        ctx = self._llm._ctx.ctx
-        return llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_ctx(ctx)
+        return llama_compat.native_limits(self._llm)
 
     @property
     def queue_depth(self) -> int:
@@ -214,43 +282,102 @@ class Engine:
             return
         self._ready.set()
         try:
-            while not self._stop.is_set():
-                self.heartbeat = self._clock()
-                if self._sweep_wanted:
-                    # After READY (and between jobs), so start-up stays fast on slow boards; a
-                    # request that arrives meanwhile waits in the queue (its queue_ms says so).
-                    self._sweep_wanted = False
-                    try:
-                        self._sweep()
-                    except Exception:  # a failed measurement leaves the threads in place
-                        log.exception("thread_sweep_failed")
-                job = self._queue.get(timeout=_POLL_S)
-                # Limits asked for while waiting apply before the next job starts.
-                self._apply_threads()
-                self._apply_ctx()
-                if job is None:
-                    continue
-                with self._lock:
-                    self._current = job
-                try:
-                    self._run(job)
-                except Exception:
-                    # One bad request must not take the worker down (STYLE habit 5).
-                    log.exception("engine_request_failed", id=job.request.id)
-                    job.finish_error(ErrorCode.INTERNAL, "internal error while generating")
-                finally:
-                    with self._lock:
-                        self._current = None
+            self._serve()
+        except BaseException as err:
+            self._fail(f"the engine loop broke: {err!r}")
+            raise
         finally:
             self._close()
+            if not self._stop.is_set() and not self.failed.is_set():
+                self._fail("the engine thread ended")
+
+    def _serve(self) -> None:
+        """Take jobs until stopped. A fault answers the job held `internal` and the loop goes
+        on after a recovery; if recovery fails, or faults repeat, the engine fails for good."""
+        faults = 0
+        while not self._stop.is_set():
+            try:
+                self._step()
+                faults = 0
+            except Exception as err:
+                faults += 1
+                job = self._current
+                log.exception(
+                    "engine_fault", id=job.request.id if job else None, consecutive=faults
+                )
+                if job is not None:
+                    job.finish_error(ErrorCode.INTERNAL, "internal error while generating")
+                reason = self._recover(err, faults)
+                if reason is not None:
+                    self._fail(reason)
+                    return
+            finally:
+                with self._lock:
+                    self._current = None
+
+    def _step(self) -> None:
+        """One turn of the worker: beat, maybe sweep, take a job, apply limits, run it."""
+        self._checkpoint("beat")
+        self.heartbeat = self._clock()
+        if self._sweep_wanted:
+            # After READY (and between jobs), so start-up stays fast on slow boards; a request
+            # that arrives meanwhile waits in the queue (its queue_ms says so).
+            self._sweep_wanted = False
+            self._checkpoint("sweep")
+            try:
+                self._sweep()
+            except Exception:  # a failed measurement leaves the threads in place
+                log.exception("thread_sweep_failed")
+                self._llm.reset()
+        job = self._queue.get(timeout=_POLL_S)
+        with self._lock:
+            self._current = job
+        # Limits asked for while waiting apply before the next job starts.
+        self._checkpoint("limits")
+        self._apply_threads()
+        self._apply_ctx()
+        if job is None:
+            return
+        self._checkpoint("run")
+        self._run(job)
+
+    def _checkpoint(self, step: str) -> None:
+        """A named seam: tests override it to inject a fault at each point of the loop."""
+
+    def _recover(self, err: BaseException, faults: int) -> str | None:
+        """Bring the model back to a known state after a fault; the reason if it cannot."""
+        if faults >= _MAX_FAULTS:
+            return f"{faults} faults in a row, the last: {err!r}"
+        try:
+            self._checkpoint("recover")
+            if not llama_compat.context_alive(self._llm):
+                # A fault inside a context rebuild leaves none: build one at the last size.
+                llama_compat.rebuild_context(self._llm, self.n_ctx)
+            self._llm.reset()  # the KV cache may hold a half-evaluated batch
+            self._warm_up()
+        except Exception as again:
+            return f"cannot recover from {err!r}: {again!r}"
+        log.info("engine_recovered", after=repr(err))
+        return None
+
+    def _fail(self, reason: str) -> None:
+        """Give up: answer every waiting job and tell the service (it exits for a restart)."""
+        if self.failed.is_set():
+            return
+        self.failure = reason
+        log.error("engine_failed", reason=reason)
+        self.failed.set()
+        for job in self._queue.drain():
+            job.finish_error(ErrorCode.INTERNAL, "the inference engine stopped", _NOTHING_YET)
 
     def _load(self) -> None:
-        from llama_cpp import Llama, llama_chat_format
+        from llama_cpp import llama_chat_format
 
         t0 = time.monotonic()
         n_threads = self._mcfg.n_threads or default_threads()
-        llm = Llama(
-            model_path=str(self._path),
+        llm = llama_compat.load_llama(
+            str(self._path),
+            repack=self._repack,
             n_ctx=self._mcfg.n_ctx,
             n_threads=n_threads,
             n_threads_batch=max(n_threads, os.cpu_count() or 1),
@@ -258,13 +385,11 @@ class Engine:
             n_gpu_layers=self._mcfg.n_gpu_layers,
             verbose=False,
         )
+        llama_compat.check_internals(llm)
         template = self._mcfg.chat_template or llm.metadata.get("tokenizer.chat_template")
-        eos, bos = llm.token_eos(), llm.token_bos()
-        eos_text = llm._model.token_get_text(eos) if eos != -1 else ""
-        self._bos_text = llm._model.token_get_text(bos) if bos != -1 else ""
-        self._add_bos = (
-            bool(llm._model.add_bos_token()) if hasattr(llm._model, "add_bos_token") else bos != -1
-        )
+        eos_text = llama_compat.token_text(llm, llm.token_eos())
+        self._bos_text = llama_compat.token_text(llm, llm.token_bos())
+        self._add_bos = llama_compat.adds_bos(llm)
         if template:
             self._chat_format = llama_chat_format.Jinja2ChatFormatter(
                 template=template, eos_token=eos_text, bos_token=self._bos_text
@@ -275,7 +400,7 @@ class Engine:
             path=str(self._path),
             size_bytes=self._path.stat().st_size,
             n_ctx=llm.n_ctx(),
-            n_ctx_train=llm._model.n_ctx_train(),
+            n_ctx_train=llama_compat.n_ctx_train(llm),
             n_threads=llm.context_params.n_threads,
             n_threads_batch=llm.context_params.n_threads_batch,
             chat=template is not None,
@@ -291,6 +416,7 @@ class Engine:
             n_ctx=self.info.n_ctx,
             threads=self.info.n_threads,
             chat=self.info.chat,
+            repack=self._repack,
             load_ms=round(load_ms, 1),
             warm_up_ms=round(warm_ms, 1),
         )
@@ -316,7 +442,7 @@ class Engine:
         if want == self.threads:
             return
         t0 = time.perf_counter()
-        _set_threads(self._llm, want)
+        llama_compat.set_threads(self._llm, want)
         log.info(
             "threads_changed",
             old=self.threads,
@@ -333,7 +459,7 @@ class Engine:
         if want == self.n_ctx:
             return
         t0 = time.perf_counter()
-        _rebuild_context(self._llm, want)
+        llama_compat.rebuild_context(self._llm, want)
         cost_ms = (time.perf_counter() - t0) * 1000
         old, self.n_ctx = self.n_ctx, want
         log.info(
@@ -361,7 +487,7 @@ class Engine:
         )
         results: dict[int, float] = {}
         for n in range(1, max(self.threads, psutil.cpu_count() or 1) + 1):
-            _set_threads(llm, n)
+            llama_compat.set_threads(llm, n)
             llm.reset()
             llm.set_seed(1)
             stamps: list[float] = []
@@ -379,7 +505,7 @@ class Engine:
             results[n] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
         top = max(results.values())
         best = min(n for n, tps in results.items() if tps >= 0.97 * top)
-        _set_threads(llm, best)
+        llama_compat.set_threads(llm, best)
         llm.reset()
         self._warm_up()
         self.threads = best
@@ -396,9 +522,17 @@ class Engine:
     def _encode(
         self, prompt: str | None, messages: tuple[ChatMessage, ...] | None, system: str | None
     ) -> list[int]:
-        """The prompt tokens: through the chat template on a chat model, raw text otherwise."""
+        """The prompt tokens: through the chat template on a chat model, raw text otherwise.
+
+        The policy's fixed system prompt always comes first; a request's own system text (its
+        `system` field or a leading system message) can only follow it.
+        """
         llm = self._llm
-        system = system if system is not None else self._gen.system
+        fixed = self._policy.system_prompt
+        own = system if system is not None else self._gen.system
+        if messages and messages[0].role == "system":
+            own, messages = messages[0].content, messages[1:]
+        system = compose_system(fixed, own)
         if self._chat_format is None:
             if messages is not None:
                 raise _Rejected(
@@ -409,7 +543,7 @@ class Engine:
             text = f"{system}\n\n{prompt}" if system else prompt
             return llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=False)
         chat: list[dict[str, str]] = []
-        if system and not (messages and messages[0].role == "system"):
+        if system:
             chat.append({"role": "system", "content": system})
         if messages is not None:
             chat.extend({"role": m.role, "content": m.content} for m in messages)
@@ -426,11 +560,30 @@ class Engine:
         # special=True: the template's control tokens (<|im_start|>) must become single tokens.
         return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
+    def _check_prompt(self, job: Job) -> _Rejected | None:
+        """The policy's verdict on what the request brings (blocked terms, the classifier)."""
+        req = job.request
+        texts = [req.prompt or "", req.system or ""]
+        texts += [m.content for m in req.messages or ()]
+        terms = TermFilter(self._policy.blocked_terms)
+        if any(terms.find_in(t) for t in texts):
+            return _Rejected(ErrorCode.POLICY, "the request contains a term this node refuses")
+        if self._classifier is not None:
+            reason = self._classifier.check("\n".join(t for t in texts if t))
+            if reason is not None:
+                return _Rejected(ErrorCode.POLICY, f"refused by the safety classifier: {reason}")
+        return None
+
+    def _max_new(self, req: Any) -> int:
+        wanted = req.max_tokens or self._gen.max_tokens
+        return int(min(wanted, self._limits.max_tokens))
+
     def _run(self, job: Job) -> None:
         import llama_cpp
 
         req = job.request
         started = self._clock()
+        job.started_at = started
         if job.cancelled.is_set() or job.finished:
             job.finish_error(ErrorCode.CANCELLED, "cancelled before it started", _NOTHING_YET)
             return
@@ -440,6 +593,10 @@ class Engine:
             )
             return
         llm = self._llm
+        rejected = self._check_prompt(job)
+        if rejected is not None:
+            job.finish_error(rejected.code, rejected.message, _NOTHING_YET)
+            return
         try:
             tokens = self._encode(req.prompt, req.messages, req.system)
         except _Rejected as rej:
@@ -450,7 +607,7 @@ class Engine:
         n_ctx = llm.n_ctx()
         notes: dict[str, Any] = {}
         wanted = req.max_tokens or self._gen.max_tokens
-        max_new = min(wanted, self._limits.max_tokens)
+        max_new = self._max_new(req)
         room = n_ctx - n_prompt
         if room < 1:
             job.finish_error(
@@ -475,6 +632,7 @@ class Engine:
         top_p = req.top_p if req.top_p is not None else self._gen.top_p
 
         stops = StopMatcher(req.stop)
+        terms = TermFilter(self._policy.blocked_terms)
         chunker = SentenceChunker() if req.stream is StreamMode.SENTENCES else None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         parts: list[str] = []
@@ -482,7 +640,7 @@ class Engine:
         n_out = 0
         first_at: float | None = None
         finish = "length"
-        vocab = llm._model.vocab
+        vocab = llama_compat.vocab(llm)
 
         def emit(text: str) -> None:
             nonlocal seq
@@ -497,6 +655,9 @@ class Engine:
                     job.sink.delta(req, seq, sentence)
                     seq += 1
 
+        # What the prompt costs: the tokens not already in the KV cache (for admission estimates).
+        fresh = n_prompt - _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
+        gen_at = self._clock()
         gen = llm.generate(
             tokens,
             top_k=self._gen.top_k,
@@ -517,7 +678,10 @@ class Engine:
                     finish = "stop"
                     break
                 n_out += 1
-                emit(stops.feed(decoder.decode(llm.detokenize([token]))))
+                emit(terms.feed(stops.feed(decoder.decode(llm.detokenize([token])))))
+                if terms.blocked:
+                    outcome = (ErrorCode.POLICY, "the reply was stopped by this node's policy")
+                    break
                 if stops.stopped:
                     finish = "stop"
                     break
@@ -537,8 +701,14 @@ class Engine:
         if outcome is not None:
             job.finish_error(outcome[0], outcome[1], {"usage": usage, "text": "".join(parts)})
             return
-        emit(stops.feed(decoder.decode(b"", final=True)))
-        emit(stops.flush())
+        emit(terms.feed(stops.feed(decoder.decode(b"", final=True))))
+        emit(terms.feed(stops.flush()))
+        if not terms.blocked:
+            emit(terms.flush())
+        verdict = self._output_verdict(terms, "".join(parts))
+        if verdict is not None:
+            job.finish_error(ErrorCode.POLICY, verdict, {"usage": usage, "text": ""})
+            return
         if chunker is not None:
             for sentence in chunker.flush():
                 job.sink.delta(req, seq, sentence)
@@ -554,10 +724,9 @@ class Engine:
         if req.stream is not StreamMode.OFF:
             notes["seq"] = seq
         if timings.tokens_per_s > 0:
-            avg = self.tokens_per_s_avg
-            self.tokens_per_s_avg = (
-                timings.tokens_per_s if avg is None else 0.7 * avg + 0.3 * timings.tokens_per_s
-            )
+            self.tokens_per_s_avg = _ema(self.tokens_per_s_avg, timings.tokens_per_s)
+        if first_at is not None and fresh >= 16 and first_at > gen_at:
+            self.prefill_per_s_avg = _ema(self.prefill_per_s_avg, fresh / (first_at - gen_at))
         job.finish_done(
             Done(
                 text="".join(parts),
@@ -568,43 +737,16 @@ class Engine:
             )
         )
 
+    def _output_verdict(self, terms: TermFilter, text: str) -> str | None:
+        """Why the finished reply must not be sent (policy), or None."""
+        if terms.blocked:
+            return "the reply was stopped by this node's policy"
+        if self._classifier is not None and text:
+            reason = self._classifier.check(text)
+            if reason is not None:
+                return f"the reply was refused by the safety classifier: {reason}"
+        return None
 
-# -- the two llama-cpp-python internals the governor needs; nothing else touches them ----------
 
-
-def _set_threads(llm: Any, n: int) -> None:
-    """Change the context's thread count in place (llama_set_n_threads): no reload."""
-    batch = max(n, llm.context_params.n_threads_batch)
-    llm._ctx.set_n_threads(n, batch)
-    llm.context_params.n_threads = n
-    llm.n_threads = n
-
-
-def _rebuild_context(llm: Any, n_ctx: int) -> None:
-    """Swap the context (and its KV cache) for one of n_ctx tokens; the model stays mapped.
-
-    llama-cpp-python has no public call for this; it mirrors what Llama.__init__ does. The old
-    context is freed first: on a Pi the point of a smaller context is the memory.
-    """
-    import contextlib
-
-    import numpy as np
-    from llama_cpp import _internals
-
-    llm._ctx.close()
-    llm._batch.close()
-    llm.context_params.n_ctx = n_ctx
-    llm._ctx = llm._stack.enter_context(
-        contextlib.closing(
-            _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
-        )
-    )
-    llm._batch = llm._stack.enter_context(
-        contextlib.closing(
-            _internals.LlamaBatch(n_tokens=llm.n_batch, embd=0, n_seq_max=n_ctx, verbose=False)
-        )
-    )
-    llm._n_ctx = n_ctx
-    llm.input_ids = np.ndarray((n_ctx,), dtype=np.intc)
-    llm.n_tokens = 0
-    llm._requires_eval = True
+def _ema(avg: float | None, value: float) -> float:
+    return value if avg is None else 0.7 * avg + 0.3 * value

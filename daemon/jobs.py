@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from daemon.messages import Done, ErrorCode, Request
@@ -23,10 +24,14 @@ class ReplySink(Protocol):
 class Job:
     """One accepted request; finish() guarantees a single terminal reply whoever calls it."""
 
-    def __init__(self, request: Request, sink: ReplySink, priority: int = 0):
+    def __init__(self, request: Request, sink: ReplySink):
         self.request = request
         self.sink = sink
-        self.priority = priority
+        # Lower runs first: 0 interactive, 1 background (messages.Priority).
+        self.priority = int(request.priority)
+        # Worst-case run time by the measured speeds (admission); None before any measurement.
+        self.estimate_s: float | None = None
+        self.started_at: float | None = None
         self.cancelled = threading.Event()
         self._finished = False
         self._lock = threading.Lock()
@@ -75,14 +80,42 @@ class JobQueue:
         with self._cond:
             return len(self._heap)
 
-    def put(self, job: Job) -> None:
-        """Queue a job or raise QueueFull; never blocks."""
+    def put(self, job: Job) -> Job | None:
+        """Queue a job or raise QueueFull; never blocks.
+
+        When full, a job displaces the newest waiting job of a lower priority (a larger number),
+        which is returned for the caller to answer `busy`.
+        """
         with self._cond:
+            displaced = None
             if len(self._heap) >= self.maxsize:
-                raise QueueFull
+                worst = max(self._heap, key=lambda e: (e[0], e[1]), default=None)
+                if worst is None or worst[0] <= job.priority:
+                    raise QueueFull
+                self._heap.remove(worst)
+                heapq.heapify(self._heap)
+                displaced = worst[2]
+                self._by_id.pop(displaced.request.id, None)
             heapq.heappush(self._heap, (job.priority, next(self._seq), job))
             self._by_id[job.request.id] = job
             self._cond.notify()
+            return displaced
+
+    def snapshot(self) -> list[Job]:
+        """The waiting jobs in the order they will run."""
+        with self._cond:
+            return [j for _, _, j in sorted(self._heap, key=lambda e: (e[0], e[1]))]
+
+    def remove_if(self, predicate: Callable[[Job], bool]) -> list[Job]:
+        """Remove and return the waiting jobs for which predicate holds (expired deadlines)."""
+        with self._cond:
+            gone = [e for e in self._heap if predicate(e[2])]
+            if gone:
+                self._heap = [e for e in self._heap if not predicate(e[2])]
+                heapq.heapify(self._heap)
+                for _, _, j in gone:
+                    self._by_id.pop(j.request.id, None)
+            return [j for _, _, j in gone]
 
     def get(self, timeout: float) -> Job | None:
         """The next job, or None after timeout."""
@@ -100,7 +133,7 @@ class JobQueue:
     def drain(self) -> list[Job]:
         """Remove and return every waiting job (shutdown)."""
         with self._cond:
-            jobs = [j for _, _, j in sorted(self._heap)]
+            jobs = [j for _, _, j in sorted(self._heap, key=lambda e: (e[0], e[1]))]
             self._heap.clear()
             self._by_id.clear()
             return jobs

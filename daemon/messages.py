@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,6 +28,15 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     INTERNAL = "internal"
+    RATE_LIMITED = "rate_limited"
+    POLICY = "policy"
+
+
+class Priority(IntEnum):
+    """Queue order: interactive requests (voice, a person waiting) run before background ones."""
+
+    INTERACTIVE = 0
+    BACKGROUND = 1
 
 
 class StreamMode(StrEnum):
@@ -67,6 +76,10 @@ class Request:
     stream: StreamMode
     received_at: float
     deadline: float
+    priority: Priority = Priority.INTERACTIVE
+    # Who asked: the topic level after .../request/ ('' on the plain request topic). Under the
+    # shipped ACL the broker binds it to the user name, so rate limits and the allow-list hold.
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,9 @@ class Incoming:
     response_topic: str | None = None
     correlation: bytes | None = None
     received_at: float = 0.0
+    # The MQTT v5 Message Expiry Interval left when the broker delivered it (seconds).
+    expiry_s: int | None = None
+    client: str = ""
 
 
 class _Message(BaseModel):
@@ -111,6 +127,8 @@ class _Body(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     stream: bool | Literal["tokens", "sentences"] = False
     reply_to: str | None = None
+    priority: Literal["interactive", "background"] = "interactive"
+    deadline_ms: int | None = Field(None, ge=1, le=86_400_000)
 
     @field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -174,6 +192,9 @@ def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Reques
             raw = json.loads(text)
         except json.JSONDecodeError as err:
             return reject(ErrorCode.BAD_REQUEST, f"invalid JSON: {err.msg} at char {err.pos}")
+        except RecursionError:
+            # '[' * 100000 is valid-looking JSON that recurses past Python's stack limit.
+            return reject(ErrorCode.BAD_REQUEST, "invalid JSON: nested too deeply")
         if not isinstance(raw, dict):
             return reject(ErrorCode.BAD_REQUEST, "a JSON request must be an object")
         # Find the reply address before validating, so even a bad request gets its answer.
@@ -219,8 +240,21 @@ def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Reques
         seed=body.seed,
         stream=stream,
         received_at=msg.received_at,
-        deadline=msg.received_at + limits.request_timeout_s,
+        deadline=msg.received_at + _time_allowed(body, msg, limits),
+        priority=Priority[body.priority.upper()],
+        client=msg.client,
     )
+
+
+def _time_allowed(body: _Body, msg: Incoming, limits: LimitsConfig) -> float:
+    """Seconds from arrival to the deadline: the tightest of the node's timeout, the request's
+    deadline_ms and the message's own MQTT v5 expiry (a reply after it would reach no one)."""
+    allowed = limits.request_timeout_s
+    if body.deadline_ms is not None:
+        allowed = min(allowed, body.deadline_ms / 1000)
+    if msg.expiry_s is not None and msg.expiry_s > 0:
+        allowed = min(allowed, float(msg.expiry_s))
+    return allowed
 
 
 def _valid_id(rid: str) -> bool:

@@ -11,15 +11,24 @@ from typing import Any
 
 import structlog
 
-from daemon import __version__, config, logsetup, models
+from daemon import __version__, config, cpuprobe, logsetup, models
 from daemon.config import Config, mqtt_password
-from daemon.engine import DuplicateId, Engine, EngineError, ModelInfo, default_threads
+from daemon.dedupe import Key, RecentRequests
+from daemon.engine import (
+    DuplicateId,
+    Engine,
+    EngineError,
+    ModelInfo,
+    WouldMissDeadline,
+    default_threads,
+)
 from daemon.jobs import Job, QueueFull
 from daemon.messages import (
     Done,
     ErrorCode,
     Incoming,
     Rejection,
+    ReplyAddress,
     Request,
     delta_payload,
     done_payload,
@@ -30,6 +39,8 @@ from daemon.messages import (
     telemetry_payload,
 )
 from daemon.monitor import make_sensors
+from daemon.policy import client_allowed, load_classifier, reply_topic_allowed
+from daemon.ratelimit import RateLimiter
 from daemon.reload import plan_reload
 from daemon.sdnotify import Notifier, worker_alive
 from daemon.steering import Steering
@@ -38,20 +49,35 @@ from daemon.transport import Transport
 
 log = structlog.get_logger(__name__)
 
+# An error reply for a request that never ran says so (the protocol promises text and usage).
+_NOTHING = {"usage": {"prompt_tokens": 0, "completion_tokens": 0}, "text": ""}
+
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_MODEL = 3
 EXIT_MQTT = 4
+# llama.cpp dies on this CPU whichever way the weights are loaded: a restart cannot fix it.
+EXIT_CPU = 5
+# The inference worker failed and could not recover: systemd restarts a fresh process.
+EXIT_ENGINE = 6
 
 
 class MqttSink:
-    """Publishes a job's replies to its reply address and writes the one log line per request."""
+    """Publishes a job's replies to its reply address and writes the one log line per request.
 
-    def __init__(self, transport: Transport, qos: int, log_prompts: bool, counters: Counter):
-        self._transport = transport
-        self._qos = qos
-        self._log_prompts = log_prompts
-        self._counters = counters
+    The terminal reply is also remembered for duplicates of the request (dedupe) and its
+    generated tokens are charged to the client's rate limit.
+    """
+
+    def __init__(self, service: Service, key: Key):
+        assert service.transport is not None
+        self._transport = service.transport
+        self._qos = service.cfg.mqtt.reply_qos
+        self._log_prompts = service.cfg.logging.log_prompts
+        self._counters = service.counters
+        self._recent = service.recent
+        self._limiter = service.limiter
+        self._key = key
 
     def _send(self, req: Request, payload: bytes) -> None:
         self._transport.publish(req.reply.topic, payload, self._qos, req.reply.correlation)
@@ -60,10 +86,14 @@ class MqttSink:
         self._send(request, delta_payload(request.id, seq, text))
 
     def done(self, request: Request, done: Done) -> None:
-        self._send(request, done_payload(request.id, done))
+        payload = done_payload(request.id, done)
+        self._send(request, payload)
+        self._recent.finish(self._key, payload)
+        self._limiter.charge_tokens(request.client, done.usage.completion_tokens)
         self._counters["done"] += 1
         fields: dict[str, Any] = {
             "id": request.id,
+            "client": request.client,
             "outcome": "done",
             "finish": done.finish_reason,
             "prompt_tokens": done.usage.prompt_tokens,
@@ -80,11 +110,20 @@ class MqttSink:
         log.info("request", **fields)
 
     def error(self, request: Request, code: ErrorCode, message: str, extra: dict) -> None:
-        self._send(request, error_payload(request.id, code, message, extra))
+        payload = error_payload(request.id, code, message, extra)
+        self._send(request, payload)
+        if code in (ErrorCode.BUSY, ErrorCode.RATE_LIMITED):
+            self._recent.forget(self._key)  # not run: a retry must be able to run
+        else:
+            self._recent.finish(self._key, payload)
+        usage = extra.get("usage") or {}
+        if usage.get("completion_tokens"):
+            self._limiter.charge_tokens(request.client, usage["completion_tokens"])
         self._counters[str(code)] += 1
         log.info(
             "request",
             id=request.id,
+            client=request.client,
             outcome=str(code),
             detail=message,
             **{k: v for k, v in extra.items() if k == "usage"},
@@ -120,6 +159,9 @@ class Service:
         self.info: ModelInfo | None = None
         self.steering: Steering | None = None
         self._accepting = False
+        self.verdict: cpuprobe.Verdict | None = None
+        self.recent = RecentRequests(cfg.limits.dedupe_window_s)
+        self.limiter = RateLimiter(cfg.policy.rate_limit)
 
     def status_details(self) -> dict[str, Any]:
         info = self.info
@@ -136,8 +178,27 @@ class Service:
                 details["thread_sweep"] = {
                     str(n): tps for n, tps in self.engine.sweep.tokens_per_s.items()
                 }
+        if self.verdict is not None:
+            details["cpu_repack"] = self.verdict.repack
         details["request_topic"] = self.topics.request
         return details
+
+    def _reply_filters(self) -> list[str]:
+        """Where replies may go: this node's reply tree, plus what policy.reply_topics adds."""
+        return [self.topics.replies, *(self.cfg.policy.reply_topics or [])]
+
+    def _decide_repack(self, path: Path) -> cpuprobe.Verdict:
+        """Weight repacking on or off, probing this CPU once (see daemon/cpuprobe.py)."""
+        self.notifier.status("checking that llama.cpp runs on this CPU")
+        verdict = cpuprobe.decide(self.cfg.model.cpu_repack, path)
+        log.info(
+            "cpu_verdict",
+            repack=verdict.repack,
+            source=verdict.source,
+            probed=verdict.modes,
+            probe_s=round(verdict.probe_s, 2),
+        )
+        return verdict
 
     def run(self) -> int:
         """Start, serve until stop_event is set, shut down in order; return the exit code."""
@@ -147,8 +208,24 @@ class Service:
         except models.ModelError as err:
             log.error("model_unavailable", error=str(err))
             return EXIT_MODEL
+        try:
+            self.verdict = self._decide_repack(path)
+            classifier = load_classifier(self.cfg.policy.classifier)
+        except cpuprobe.CpuUnsupported as err:
+            log.error("cpu_unsupported", error=str(err))
+            return EXIT_CPU
+        except ValueError as err:
+            log.error("classifier_unavailable", error=str(err))
+            return EXIT_CONFIG
         self.engine = self._engine_factory(
-            path, self.cfg.model.name, self.cfg.model, self.cfg.generation, self.cfg.limits
+            path,
+            self.cfg.model.name,
+            self.cfg.model,
+            self.cfg.generation,
+            self.cfg.limits,
+            repack=self.verdict.repack,
+            policy=self.cfg.policy,
+            classifier=classifier,
         )
         # Connect while the model loads: both take a moment and neither needs the other.
         self.transport = Transport(
@@ -182,12 +259,21 @@ class Service:
         ready = False
         sweep_published = None
         last_ping = 0.0
+        offline: bytes | None = None
         while not self.stop_event.wait(0.1):
             now = time.monotonic()
             if self.transport.fatal_event.is_set():
                 log.error("mqtt_fatal", error=self.transport.fatal)
                 code = EXIT_MQTT
                 break
+            if self.engine.failed.is_set():
+                # Never a dead worker behind an `online` status: say why, exit, get restarted.
+                code = EXIT_ENGINE
+                offline = status_payload(
+                    "offline", {"node_id": self.cfg.node_id, "reason": self.engine.failure}
+                )
+                break
+            self.engine.expire_waiting()
             if not ready and self.transport.ready.is_set():
                 # READY only once the model is loaded and the request topic is subscribed.
                 ready = True
@@ -213,7 +299,7 @@ class Service:
                 last_ping = now
                 self._watchdog(now, 2 * interval)
         self.notifier.stopping("shutting down")
-        self.shutdown()
+        self.shutdown(offline)
         return code
 
     def _status_line(self) -> str:
@@ -262,7 +348,9 @@ class Service:
         self.cfg = plan.config
         if any(k.startswith("logging.") for k in plan.applied):
             logsetup.configure(self.cfg.logging.level, self.cfg.logging.format)
-        self.engine.update_settings(self.cfg.generation, self.cfg.limits)
+        self.engine.update_settings(self.cfg.generation, self.cfg.limits, self.cfg.policy)
+        self.limiter.reconfigure(self.cfg.policy.rate_limit)
+        self.recent.window_s = self.cfg.limits.dedupe_window_s
         if self.steering is not None:
             self.steering.reconfigure(self.cfg)
         if "model.n_threads" in plan.applied or "model.n_ctx" in plan.applied:
@@ -276,7 +364,7 @@ class Service:
         )
         self.notifier.ready(self._status_line() + restart)
 
-    def shutdown(self) -> None:
+    def shutdown(self, offline: bytes | None = None) -> None:
         """Stop taking requests, finish or cancel the current one, go offline, disconnect."""
         log.info("shutdown_begin")
         self._accepting = False
@@ -286,7 +374,7 @@ class Service:
             self.engine.stop(self.cfg.limits.shutdown_grace_s)
             log.info("shutdown_engine_stopped")
         if self.transport is not None:
-            self.transport.stop()
+            self.transport.stop(offline=offline)
         log.info("shutdown_done", **dict(self.counters))
 
     # -- transport callbacks (paho's network thread): parse and queue, never block ----------------
@@ -294,15 +382,59 @@ class Service:
     def _on_request(self, msg: Incoming) -> None:
         assert self.engine is not None and self.transport is not None
         parsed = parse_request(msg, self.topics, self.cfg.limits)
-        sink = MqttSink(
-            self.transport, self.cfg.mqtt.reply_qos, self.cfg.logging.log_prompts, self.counters
-        )
         if isinstance(parsed, Rejection):
             self._reject(parsed)
             return
-        job = Job(parsed, sink)
+        req = parsed
+        if not reply_topic_allowed(self._reply_filters(), req.reply.topic):
+            # The confused deputy: never publish model output onto a topic the policy does not
+            # list (another device's command topic, say), whatever the broker would allow.
+            self.counters["reply_topic_refused"] += 1
+            log.warning("reply_topic_refused", id=req.id, client=req.client)
+            self._reject(
+                Rejection(
+                    ErrorCode.BAD_REQUEST,
+                    "reply topic not allowed by this node's policy: use "
+                    f"{self.topics.replies.removesuffix('#')}...",
+                    req.id,
+                    ReplyAddress(self.topics.response(req.id), req.reply.correlation),
+                )
+            )
+            return
+        if not client_allowed(self.cfg.policy.clients_allowed, req.client):
+            self._reject(
+                Rejection(ErrorCode.POLICY, "this client may not ask this node", req.id, req.reply)
+            )
+            return
+        key = (req.client, req.id)
+        seen = self.recent.check(key)
+        if seen is not None:
+            self.counters["duplicate"] += 1
+            if seen.payload is not None:
+                # Finished: the same terminal reply again, to this copy's address.
+                self.transport.publish(
+                    req.reply.topic, seen.payload, self.cfg.mqtt.reply_qos, req.reply.correlation
+                )
+            log.info("request_duplicate", id=req.id, client=req.client, finished=bool(seen.payload))
+            return
+        job = Job(req, MqttSink(self, key))
+        self.recent.begin(key)
+        self._admit(job)
+
+    def _admit(self, job: Job) -> None:
+        """Queue an accepted job, or answer why not (every path ends in one terminal reply)."""
+        assert self.engine is not None
+        req = job.request
         if not self._accepting:
             job.finish_error(ErrorCode.BUSY, "the daemon is not accepting requests right now")
+            return
+        retry_after = self.limiter.admit(req.client)
+        if retry_after is not None:
+            job.finish_error(
+                ErrorCode.RATE_LIMITED,
+                "too many requests from this client; slow down",
+                {"retry_after_s": round(retry_after, 2)},
+            )
             return
         if self.steering is not None and not self.steering.admit:
             # Refuse before the kernel's OOM killer decides for us.
@@ -318,14 +450,21 @@ class Service:
                 f"queue is full ({self.cfg.limits.queue_size} waiting); try again later",
                 {"queue_depth": self.engine.queue_depth},
             )
+        except WouldMissDeadline as err:
+            job.finish_error(
+                ErrorCode.TIMEOUT,
+                f"would not finish before its deadline (estimated wait {err.wait_s:.1f} s)",
+                {"estimated_wait_s": round(err.wait_s, 2), **_NOTHING},
+            )
         except DuplicateId:
-            # Not the job's own reply: the original request still gets its one terminal reply.
+            # Another client's request holds this id: not this job's reply to give.
+            self.recent.forget((req.client, req.id))
             self._reject(
                 Rejection(
                     ErrorCode.BAD_REQUEST,
                     "a request with this id is already queued or running",
-                    parsed.id,
-                    parsed.reply,
+                    req.id,
+                    req.reply,
                 )
             )
 
@@ -336,15 +475,20 @@ class Service:
     def _reject(self, rej: Rejection) -> None:
         assert self.transport is not None
         self.counters[f"rejected_{rej.code}"] += 1
-        if rej.reply is None:
+        reply = rej.reply
+        if reply is not None and not reply_topic_allowed(self._reply_filters(), reply.topic):
+            self.counters["reply_topic_refused"] += 1
+            log.warning("reply_topic_refused", id=rej.id)
+            reply = ReplyAddress(self.topics.response(rej.id), reply.correlation) if rej.id else None
+        if reply is None:
             # Nowhere to answer: log and count, never guess a topic.
             log.warning("request_rejected_unanswerable", code=str(rej.code), detail=rej.message)
             return
         self.transport.publish(
-            rej.reply.topic,
+            reply.topic,
             error_payload(rej.id, rej.code, rej.message),
             self.cfg.mqtt.reply_qos,
-            rej.reply.correlation,
+            reply.correlation,
         )
         log.info("request", id=rej.id, outcome=str(rej.code), detail=rej.message)
 

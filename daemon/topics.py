@@ -24,6 +24,30 @@ class Topics:
         return f"{self.base}/request"
 
     @property
+    def client_requests(self) -> str:
+        """The filter of per-client request topics ``<base>/request/<client>``: the broker's ACL
+        binds the last level to the user name (%u), so the daemon knows who asks."""
+        return f"{self.base}/request/+"
+
+    def client_request(self, client: str) -> str:
+        """Where the client named ``client`` publishes prompts."""
+        return f"{self.base}/request/{client}"
+
+    def client_of(self, topic: str) -> str | None:
+        """The client a request topic names: '' for the plain topic, None if not a request."""
+        if topic == self.request:
+            return ""
+        head = f"{self.request}/"
+        if topic.startswith(head) and "/" not in topic[len(head) :] and len(topic) > len(head):
+            return topic[len(head) :]
+        return None
+
+    @property
+    def replies(self) -> str:
+        """The filter of this node's reply tree: where replies may go by default."""
+        return f"{self.base}/response/#"
+
+    @property
     def cancel(self) -> str:
         """Where clients publish ``{"id": ...}`` to stop a generation."""
         return f"{self.base}/cancel"

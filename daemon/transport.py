@@ -71,6 +71,9 @@ class Transport:
         offline_payload: bytes,
     ):
         self._cfg = cfg
+        # A reply's MQTT v5 Message Expiry: a stream to a client that vanished is dropped by
+        # the broker after this instead of piling up in a persistent session.
+        self._reply_expiry = cfg.reply_expiry_s
         self._topics = topics
         self._on_request = on_request
         self._on_cancel = on_cancel
@@ -119,16 +122,20 @@ class Transport:
     ) -> None:
         """Publish a reply; echo MQTT v5 correlation data when there is some."""
         props = None
-        if correlation is not None and self._v5:
+        if self._v5 and (correlation is not None or self._reply_expiry is not None):
             props = Properties(PacketTypes.PUBLISH)
-            props.CorrelationData = correlation
+            if correlation is not None:
+                props.CorrelationData = correlation
+            if self._reply_expiry is not None:
+                props.MessageExpiryInterval = self._reply_expiry
         self._client.publish(topic, payload, qos=qos, properties=props)
 
-    def stop(self, timeout: float = 3.0) -> None:
-        """Publish the retained offline status, then disconnect cleanly."""
+    def stop(self, timeout: float = 3.0, offline: bytes | None = None) -> None:
+        """Publish the retained offline status (offline: one with a reason), then disconnect."""
         self.ready.clear()
         if self._client.is_connected():
-            info = self._client.publish(self._topics.status, self._offline, qos=1, retain=True)
+            payload = offline or self._offline
+            info = self._client.publish(self._topics.status, payload, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
@@ -163,7 +170,13 @@ class Transport:
             return
         log.info("mqtt_connected")
         # Subscribing here renews the subscriptions after every reconnect (paho's README).
-        _rc, self._sub_mid = client.subscribe([(self._topics.request, 1), (self._topics.cancel, 1)])
+        _rc, self._sub_mid = client.subscribe(
+            [
+                (self._topics.request, 1),
+                (self._topics.client_requests, 1),
+                (self._topics.cancel, 1),
+            ]
+        )
 
     def _handle_subscribe(
         self, client: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any
@@ -191,9 +204,15 @@ class Transport:
         if msg.topic == self._topics.cancel:
             self._on_cancel(payload)
             return
-        response_topic = correlation = None
+        client = self._topics.client_of(msg.topic)
+        if client is None:
+            return
+        response_topic = correlation = expiry = None
         props = getattr(msg, "properties", None)
         if props is not None:
             response_topic = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)
-        self._on_request(Incoming(payload, response_topic, correlation, received))
+            expiry = getattr(props, "MessageExpiryInterval", None)
+        self._on_request(
+            Incoming(payload, response_topic, correlation, received, expiry, client)
+        )

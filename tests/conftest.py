@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from tests.helpers import Broker, Client, Daemon, free_port
 
 # tests/run.sh fetches the model and sets this, so a missing model fails there instead of skipping.
 REQUIRE_MODEL = os.environ.get("EDGELLM_REQUIRE_MODEL") == "1"
+
+# The CPU probe's verdicts go to a state dir of this run's own (daemons started by the tests
+# inherit it): the suite runs the real probe once, and never reads a verdict left by another run.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="edgellm-test-state-")
+os.environ.pop("STATE_DIRECTORY", None)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def gemma(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def ask(client: Client, d: Daemon, body: dict) -> dict:
-    topic = f"test/replies/{uuid.uuid4().hex}"
+    topic = f"{d.prefix}/response/test/{uuid.uuid4().hex}"
     client.subscribe(topic)
     client.publish(f"{d.prefix}/request", json.dumps(body), response_topic=topic)
     return client.until_terminal(topic, 120)[-1].body

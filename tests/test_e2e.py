@@ -25,7 +25,7 @@ def ask(
     timeout: float = 120,
 ) -> list:
     """Send one request with a fresh reply topic; return every reply up to the terminal one."""
-    topic = f"test/replies/{uuid.uuid4().hex}"
+    topic = f"{daemon.prefix}/response/test/{uuid.uuid4().hex}"
     client.subscribe(topic)
     payload = json.dumps(body) if isinstance(body, dict) else body
     if v5:
@@ -193,7 +193,7 @@ def test_prompt_longer_than_the_context_is_too_long(client: Client, daemon: Daem
 
 
 def test_cancel_stops_a_running_generation(client: Client, daemon: Daemon):
-    topic = f"test/replies/{uuid.uuid4().hex}"
+    topic = f"{daemon.prefix}/response/test/{uuid.uuid4().hex}"
     client.subscribe(topic)
     client.publish(
         f"{daemon.prefix}/request",

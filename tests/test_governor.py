@@ -241,9 +241,9 @@ def test_kv_bytes_per_token_from_metadata():
 
 def kv_cache_mib(capfd, path: Path, **kw) -> tuple[float, dict[str, str]]:
     """llama.cpp's KV size (all caches, as it logs them) and the model's metadata."""
-    from llama_cpp import Llama
+    from daemon.llama_compat import load_llama
 
-    llm = Llama(model_path=str(path), n_ctx=2048, n_batch=256, verbose=True, **kw)
+    llm = load_llama(str(path), repack=False, n_ctx=2048, n_batch=256, verbose=True, **kw)
     try:
         metadata = llm.metadata
     finally:

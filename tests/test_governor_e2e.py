@@ -42,7 +42,7 @@ def governed(broker: Broker, tmp: Path, trace_file: Path) -> Daemon:
 
 
 def ask(client: Client, d: Daemon, body: dict) -> dict:
-    topic = f"test/{uuid.uuid4().hex}"
+    topic = f"{d.prefix}/response/test/{uuid.uuid4().hex}"
     client.subscribe(topic)
     client.publish(f"{d.prefix}/request", json.dumps(body), response_topic=topic)
     return client.until_terminal(topic, 120)[-1].body

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.model
 
 
 def send(client: Client, daemon: Daemon, body: dict) -> str:
-    topic = f"test/replies/{uuid.uuid4().hex}"
+    topic = f"{daemon.prefix}/response/test/{uuid.uuid4().hex}"
     client.subscribe(topic)
     client.publish(f"{daemon.prefix}/request", json.dumps(body), response_topic=topic)
     return topic

@@ -109,7 +109,7 @@ def test_wedged_worker_triggers_the_watchdog(broker: Broker, model_path: Path, t
     try:
         notify.wait_for("READY", "1", 30)
         client = Client(broker)
-        topic = f"test/{uuid.uuid4().hex}"
+        topic = f"{service.topics.base}/response/test/{uuid.uuid4().hex}"
         client.subscribe(topic)
         client.publish(
             f"{service.topics.request}", json.dumps({"prompt": "hi"}), response_topic=topic

@@ -113,7 +113,12 @@ def test_notify_watchdog_and_restart() -> None:
     assert d["ExecStart"] == ["/opt/edgellm/venv/bin/edgellm serve -c /etc/edgellm/config.yaml"]
     assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert d["Restart"] == ["on-failure"]
-    assert "2" in d["RestartPreventExitStatus"][0].split()
+    # Exits a restart cannot fix stop the loop; a failed engine (6) is restarted.
+    from daemon.service import EXIT_CONFIG, EXIT_CPU, EXIT_ENGINE, EXIT_MQTT
+
+    prevented = d["RestartPreventExitStatus"][0].split()
+    assert {str(EXIT_CONFIG), str(EXIT_MQTT), str(EXIT_CPU)} <= set(prevented)
+    assert str(EXIT_ENGINE) not in prevented
 
 
 def test_stop_timeout_covers_the_shutdown_grace() -> None:

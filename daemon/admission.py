@@ -1,0 +1,64 @@
+"""Admission by estimate: how long a job will take, and how long a new one would wait.
+
+Pure arithmetic over the engine's measured speeds. Until a speed has been measured there is
+no estimate and every request is admitted (the deadline still drops it if it waits too long).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# Tokens per character of English text for the small BPE tokenizers edgellm ships (SmolLM2:
+# ~4.2 characters a token on prose); an estimate, corrected by nothing but the deadline.
+CHARS_PER_TOKEN = 4.0
+# The chat template's framing (role headers, the default system prompt) in tokens.
+TEMPLATE_TOKENS = 30
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Measured prefill and decode speeds in tokens/s; None until measured."""
+
+    prefill: float | None
+    decode: float | None
+
+
+def prompt_chars(request: Any) -> int:
+    """Characters the request brings into the prompt."""
+    n = len(request.prompt or "") + len(request.system or "")
+    return n + sum(len(m.content) for m in request.messages or ())
+
+
+def job_seconds(chars: int, max_tokens: int, rates: Rates) -> float | None:
+    """Worst-case seconds a job runs: its prompt's prefill and all max_tokens decoded."""
+    if not rates.prefill or not rates.decode:
+        return None
+    prompt_tokens = chars / CHARS_PER_TOKEN + TEMPLATE_TOKENS
+    return prompt_tokens / rates.prefill + max_tokens / rates.decode
+
+
+def prefill_seconds(chars: int, rates: Rates) -> float | None:
+    """Seconds until a job's first token once it starts."""
+    if not rates.prefill:
+        return None
+    return (chars / CHARS_PER_TOKEN + TEMPLATE_TOKENS) / rates.prefill
+
+
+def wait_seconds(
+    job: Any, current: Any, waiting: Iterable[Any], now: float, rates: Rates
+) -> float | None:
+    """Seconds until job would produce its first token: what runs now, what is queued ahead
+    of it (lower or equal priority number), and its own prefill. None: no estimate yet."""
+    own = prefill_seconds(prompt_chars(job.request), rates)
+    if own is None:
+        return None
+    total = own
+    if current is not None and current.estimate_s is not None:
+        started = current.started_at if current.started_at is not None else now
+        total += max(0.0, current.estimate_s - (now - started))
+    for other in waiting:
+        if other.priority <= job.priority and other.estimate_s is not None:
+            total += other.estimate_s
+    return total

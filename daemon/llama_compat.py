@@ -1,0 +1,159 @@
+"""Every use of llama-cpp-python beyond its public API, each with the version it was tested on.
+
+An upgrade that moves one of these internals fails here, loudly and in one place
+(`check_internals`), rather than as an AttributeError deep inside a generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+# Versions whose internals this module was run against (the test suite, a real model).
+TESTED_VERSIONS = ("0.3.36",)
+
+# What each helper below touches; check_internals() proves they are all there.
+_LLAMA_ATTRS = ("_ctx", "_model", "_batch", "_stack", "context_params", "n_batch")
+_CTX_ATTRS = ("ctx", "set_n_threads", "close")
+_MODEL_ATTRS = ("vocab", "token_get_text", "n_ctx_train", "add_bos_token")
+
+
+class IncompatibleLlama(RuntimeError):
+    """The installed llama-cpp-python lacks an internal edgellm relies on."""
+
+
+def version() -> str:
+    import llama_cpp
+
+    return str(llama_cpp.__version__)
+
+
+@contextlib.contextmanager
+def _model_params_without_repack() -> Iterator[None]:
+    """Make Llama() load with use_extra_bufts = False (llama-server's --no-repack).
+
+    0.3.36's Llama() takes no argument for it: it reads llama_model_default_params() through
+    the module at call time, so the defaults are patched for the duration of one load. Loads
+    happen on one thread (the engine's, or the probe child's main thread).
+    """
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def without_repack() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = without_repack
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
+
+
+def load_llama(model_path: str, *, repack: bool, **kwargs: Any) -> Any:
+    """Load a Llama, with or without llama.cpp's weight repacking (AMX, aarch64 kernels)."""
+    from llama_cpp import Llama
+
+    if repack:
+        return Llama(model_path=model_path, **kwargs)
+    with _model_params_without_repack():
+        return Llama(model_path=model_path, **kwargs)
+
+
+def check_internals(llm: Any) -> None:
+    """Raise IncompatibleLlama naming every internal missing from this llama-cpp-python."""
+    import llama_cpp
+
+    missing = [f"Llama.{a}" for a in _LLAMA_ATTRS if not hasattr(llm, a)]
+    ctx, model = getattr(llm, "_ctx", None), getattr(llm, "_model", None)
+    missing += [f"LlamaContext.{a}" for a in _CTX_ATTRS if not hasattr(ctx, a)]
+    missing += [f"LlamaModel.{a}" for a in _MODEL_ATTRS if not hasattr(model, a)]
+    for name in ("LlamaContext", "LlamaBatch"):
+        if not hasattr(llama_cpp._internals, name):
+            missing.append(f"_internals.{name}")
+    if not hasattr(llama_cpp.llama_model_default_params(), "use_extra_bufts"):
+        missing.append("llama_model_params.use_extra_bufts")
+    if missing:
+        raise IncompatibleLlama(
+            f"llama-cpp-python {version()} lacks {', '.join(missing)}; edgellm was tested with "
+            f"{', '.join(TESTED_VERSIONS)}: install one of those"
+        )
+
+
+def token_text(llm: Any, token: int) -> str:
+    """A special token's text (BOS/EOS for the chat template). Tested: 0.3.36."""
+    return "" if token == -1 else str(llm._model.token_get_text(token))
+
+
+def adds_bos(llm: Any) -> bool:
+    """Whether the model's tokenizer wants a BOS token in front. Tested: 0.3.36."""
+    return bool(llm._model.add_bos_token())
+
+
+def n_ctx_train(llm: Any) -> int:
+    """The context length the model was trained with. Tested: 0.3.36."""
+    return int(llm._model.n_ctx_train())
+
+
+def vocab(llm: Any) -> Any:
+    """The model's vocab handle, for llama_vocab_is_eog. Tested: 0.3.36."""
+    return llm._model.vocab
+
+
+def native_limits(llm: Any) -> tuple[int, int]:
+    """(threads, n_ctx) as llama.cpp itself reports them. Tested: 0.3.36."""
+    import llama_cpp
+
+    ctx = llm._ctx.ctx
+    return llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_ctx(ctx)
+
+
+def set_threads(llm: Any, n: int) -> None:
+    """Change the context's thread count in place (llama_set_n_threads): no reload.
+
+    Tested: 0.3.36.
+    """
+    batch = max(n, llm.context_params.n_threads_batch)
+    llm._ctx.set_n_threads(n, batch)
+    llm.context_params.n_threads = n
+    llm.n_threads = n
+
+
+def rebuild_context(llm: Any, n_ctx: int) -> None:
+    """Swap the context (and its KV cache) for one of n_ctx tokens; the model stays mapped.
+
+    llama-cpp-python has no public call for this; it mirrors what Llama.__init__ does. The old
+    context is freed first: on a Pi the point of a smaller context is the memory. Tested: 0.3.36.
+    """
+    import numpy as np
+    from llama_cpp import _internals
+
+    llm._ctx.close()
+    llm._batch.close()
+    llm.context_params.n_ctx = n_ctx
+    llm._ctx = llm._stack.enter_context(
+        contextlib.closing(
+            _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
+        )
+    )
+    llm._batch = llm._stack.enter_context(
+        contextlib.closing(
+            _internals.LlamaBatch(n_tokens=llm.n_batch, embd=0, n_seq_max=n_ctx, verbose=False)
+        )
+    )
+    llm._n_ctx = n_ctx
+    llm.input_ids = np.ndarray((n_ctx,), dtype=np.intc)
+    llm.n_tokens = 0
+    llm._requires_eval = True
+
+
+def context_alive(llm: Any) -> bool:
+    """Whether the Llama still has a live context (a fault mid-rebuild can leave it closed).
+
+    Tested: 0.3.36 (LlamaContext.close() drops its ctx pointer to None).
+    """
+    ctx = getattr(llm, "_ctx", None)
+    return ctx is not None and getattr(ctx, "ctx", None) is not None
