@@ -13,8 +13,8 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 import uuid
+from pathlib import Path
 
 from bench.common import Broker, Client, Daemon, free_port, report, workdir
 from daemon import models
@@ -29,9 +29,7 @@ def in_process(path: str, threads: int, max_tokens: int, runs: int) -> list[floa
 
     # The same weight layout the daemon runs with on this CPU (repacking may die here).
     repack = cpuprobe.decide("auto", Path(path)).repack
-    llm = load_llama(
-        path, repack=repack, n_ctx=2048, n_threads=threads, n_batch=256, verbose=False
-    )
+    llm = load_llama(path, repack=repack, n_ctx=2048, n_threads=threads, n_batch=256, verbose=False)
     out = []
     for _ in range(runs):
         stamps = []

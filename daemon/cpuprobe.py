@@ -190,15 +190,19 @@ def run_probe(
 
     argv replaces the child's command (a test seam: a child that dies on a signal).
     """
-    cmd = list(argv) if argv is not None else [
-        sys.executable,
-        "-m",
-        "daemon.cpuprobe",
-        "--child",
-        str(model_path),
-        "--repack",
-        "on" if repack else "off",
-    ]
+    cmd = (
+        list(argv)
+        if argv is not None
+        else [
+            sys.executable,
+            "-m",
+            "daemon.cpuprobe",
+            "--child",
+            str(model_path),
+            "--repack",
+            "on" if repack else "off",
+        ]
+    )
     t0 = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)

@@ -479,7 +479,8 @@ class Service:
         if reply is not None and not reply_topic_allowed(self._reply_filters(), reply.topic):
             self.counters["reply_topic_refused"] += 1
             log.warning("reply_topic_refused", id=rej.id)
-            reply = ReplyAddress(self.topics.response(rej.id), reply.correlation) if rej.id else None
+            default = self.topics.response(rej.id) if rej.id else None
+            reply = ReplyAddress(default, reply.correlation) if default else None
         if reply is None:
             # Nowhere to answer: log and count, never guess a topic.
             log.warning("request_rejected_unanswerable", code=str(rej.code), detail=rej.message)

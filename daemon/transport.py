@@ -213,6 +213,4 @@ class Transport:
             response_topic = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)
             expiry = getattr(props, "MessageExpiryInterval", None)
-        self._on_request(
-            Incoming(payload, response_topic, correlation, received, expiry, client)
-        )
+        self._on_request(Incoming(payload, response_topic, correlation, received, expiry, client))

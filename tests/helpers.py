@@ -198,6 +198,8 @@ class Daemon:
             "node_id": self.node_id,
             "mqtt": {"host": self.broker.host, "port": self.broker.port},
             "logging": {"format": "json", "level": "info"},
+            # The suite sends bursts on one client; the rate-limit tests turn limits back on.
+            "policy": {"rate_limit": {"requests_per_min": None, "tokens_per_min": None}},
         }
         for key, value in self.settings.items():
             if isinstance(value, dict):

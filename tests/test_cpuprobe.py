@@ -194,4 +194,3 @@ def test_doctor_prints_the_verdict(model_path: Path, tmp_path: Path):
         [sys.executable, "-m", "daemon", "doctor"], capture_output=True, text=True, env=env
     )
     assert "(cache" in again.stdout
-

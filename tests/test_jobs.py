@@ -85,7 +85,7 @@ def test_remove_if_takes_out_expired_jobs_only():
     keep, late1, late2 = job(deadline=50), job(deadline=5), job(deadline=8)
     for j in (late1, keep, late2):
         q.put(j)
-    gone = q.remove_if(lambda j: 10 > j.request.deadline)
+    gone = q.remove_if(lambda j: j.request.deadline < 10)
     assert gone == [late1, late2] or gone == [late2, late1]
     assert len(q) == 1 and q.get(0) is keep
     assert q.find(late1.request.id) is None

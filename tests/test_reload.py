@@ -38,3 +38,26 @@ def test_unchanged_config_is_a_no_op():
     plan = plan_reload(cfg, config.parse({"node_id": "a"}))
     assert plan.applied == () and plan.needs_restart == ()
     assert plan.config == cfg
+
+
+def test_policy_keys_apply_live_but_the_classifier_and_repacking_need_a_restart():
+    old = config.parse({"node_id": "a"})
+    new = config.parse(
+        {
+            "node_id": "a",
+            "policy": {
+                "blocked_terms": ["x"],
+                "clients_allowed": ["alice"],
+                "rate_limit": {"burst": 3},
+                "classifier": "mod:factory",
+            },
+            "model": {"cpu_repack": "off"},
+        }
+    )
+    plan = plan_reload(old, new)
+    assert set(plan.applied) == {
+        "policy.blocked_terms",
+        "policy.clients_allowed",
+        "policy.rate_limit.burst",
+    }
+    assert set(plan.needs_restart) == {"policy.classifier", "model.cpu_repack"}

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -31,7 +31,7 @@ STEPS = ("beat", "sweep", "limits", "run")
 class FaultyEngine(Engine):
     """The real engine with faults injected at named steps of its loop (the _checkpoint seam)."""
 
-    plan: dict[str, int] = {}  # step -> faults still to inject there (set per test)
+    plan: ClassVar[dict[str, int]] = {}  # step -> faults still to inject there (set per test)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -140,9 +140,7 @@ def test_a_failed_recovery_fails_the_engine_at_once(model_path, stopper):
     assert "cannot recover" in (engine.failure or "")
 
 
-def test_a_fault_halfway_through_a_context_rebuild_is_repaired(
-    model_path, stopper, monkeypatch
-):
+def test_a_fault_halfway_through_a_context_rebuild_is_repaired(model_path, stopper, monkeypatch):
     """The old context is freed before the new one is made: a fault between the two leaves
     none. Recovery builds one at the last good size."""
     engine = make(model_path, {})
