@@ -13,9 +13,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import yaml
@@ -24,12 +25,30 @@ from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
+T = TypeVar("T")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+def cores() -> int:
+    """The CPUs this process may run on (a container or taskset may allow fewer than exist)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def poll(check: Callable[[], T], timeout: float, what: str = "condition", every: float = 0.05) -> T:
+    """check()'s first truthy result, asked every `every` s until `timeout` s have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout} s")
+        time.sleep(every)
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -271,6 +290,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             # Leave every thread's stack in the log (faulthandler on SIGUSR2) before killing.
             self.proc.send_signal(signal.SIGUSR2)
-            time.sleep(1)
+            with contextlib.suppress(TimeoutError):
+                poll(lambda: "most recent call first" in self.log(), 3, "a stack dump")
             self.proc.kill()
             raise AssertionError(f"daemon did not stop within {timeout} s:\n{self.log()}") from None

@@ -8,11 +8,15 @@ import uuid
 
 import pytest
 
-from tests.helpers import Client, Daemon
+from daemon.textstream import SentenceChunker
+from tests.helpers import Client, Daemon, poll
 
 pytestmark = pytest.mark.model
 
-# temperature 0 makes SmolLM2's answers repeatable, so assertions on text are stable.
+# Greedy with a seed: the same request gives the same text on one machine (a seeded request
+# also skips the KV-cache prefix reuse, whose rounding differs). Which words come out depends
+# on the CPU's kernels (an AVX-512 machine answered "What is the capital of France?" with
+# "L'Étoile, la Cité, ..."), so no test asserts the words: structure, consistency, repeats.
 GREEDY = {"temperature": 0, "seed": 1}
 
 
@@ -59,20 +63,24 @@ def test_status_is_retained_online_with_details(daemon: Daemon):
 
 
 def test_v5_request_gets_one_done_reply_with_correlation(client: Client, daemon: Daemon):
-    replies = ask(
-        client, daemon, {"prompt": "What is the capital of France?", "max_tokens": 24, **GREEDY}
-    )
+    body = {"id": "v5-req", "prompt": "What is the capital of France?", "max_tokens": 24}
+    replies = ask(client, daemon, {**body, **GREEDY})
     assert len(replies) == 1
     done = replies[0]
-    assert done.body["type"] == "done"
+    assert done.body["type"] == "done" and done.body["id"] == "v5-req"
     assert done.correlation is not None and done.correlation.startswith(b"corr-")
-    assert "Paris" in done.body["text"]
-    assert done.body["finish_reason"] in ("stop", "length")
+    assert isinstance(done.body["text"], str) and done.body["text"].strip()
+    assert "seq" not in done.body and "max_tokens" not in done.body
     usage = done.body["usage"]
     assert usage["prompt_tokens"] > 5 and 0 < usage["completion_tokens"] <= 24
+    # No stop strings: "length" is exactly max_tokens, "stop" is the model's end of turn before.
+    assert done.body["finish_reason"] == ("length" if usage["completion_tokens"] == 24 else "stop")
     timings = done.body["timings"]
     assert 0 <= timings["queue_ms"] <= timings["ttft_ms"] <= timings["total_ms"]
     assert timings["tokens_per_s"] > 0
+    # Deterministic: the same seeded greedy request again gives the same text and usage.
+    again = ask(client, daemon, {**body, "id": "v5-req-again", **GREEDY})[-1].body
+    assert (again["text"], again["usage"]) == (done.body["text"], usage)
 
 
 def test_mqtt311_client_with_reply_to(client311: Client, daemon: Daemon):
@@ -124,8 +132,12 @@ def test_streaming_deltas_in_order_then_done(client: Client, daemon: Daemon):
     )
     *deltas, done = replies
     assert done.body["type"] == "done"
-    assert len(deltas) >= 5
-    assert all(d.body["type"] == "delta" for d in deltas)
+    tokens = done.body["usage"]["completion_tokens"]
+    # A delta per token that yields text (+1: the decoder's flush of a cut multi-byte character).
+    assert 1 <= len(deltas) <= tokens + 1
+    if done.body["finish_reason"] == "length":
+        assert len(deltas) >= 5
+    assert all(d.body["type"] == "delta" and d.body["id"] == done.body["id"] for d in deltas)
     assert [d.body["seq"] for d in deltas] == list(range(len(deltas)))
     assert done.body["seq"] == len(deltas)
     assert "".join(d.body["text"] for d in deltas) == done.body["text"]
@@ -145,7 +157,13 @@ def test_sentence_mode_streams_whole_sentences(client: Client, daemon: Daemon):
     )
     *sentences, done = replies
     assert done.body["type"] == "done"
-    assert len(sentences) >= 2
+    assert [s.body["seq"] for s in sentences] == list(range(len(sentences)))
+    assert done.body["seq"] == len(sentences)
+    # How many sentences depends on the words; the daemon's own chunker, run on the whole
+    # text, says how many there are, and the stream must not have fewer.
+    whole = SentenceChunker()
+    expected = whole.feed(done.body["text"]) + whole.flush()
+    assert len(sentences) >= min(2, len(expected)) >= 1
     for s in sentences[:-1]:
         text = s.body["text"]
         assert text == text.strip()
@@ -157,11 +175,16 @@ def test_sentence_mode_streams_whole_sentences(client: Client, daemon: Daemon):
 def test_stop_string_ends_generation_and_is_not_returned(client: Client, daemon: Daemon):
     body = {"prompt": "Count from 1 to 10, separated by commas.", "max_tokens": 60, **GREEDY}
     free = ask(client, daemon, body)[-1].body["text"]
-    assert "5" in free, free
-    stopped = ask(client, daemon, {**body, "stop": ["5"]})[-1].body
+    assert len(free.strip()) >= 2, free
+    # The stop string is taken from this machine's own answer (the words vary by CPU): the
+    # same seeded greedy run meets it at its first occurrence and ends just before it.
+    middle = len(free) // 2
+    stop = free[middle : middle + 3]
+    cut = free.index(stop)
+    stopped = ask(client, daemon, {**body, "stop": ["never-said-XYZ", stop]})[-1].body
     assert stopped["finish_reason"] == "stop"
-    assert "5" not in stopped["text"]
-    assert free.startswith(stopped["text"])
+    assert stop not in stopped["text"]
+    assert stopped["text"] == free[:cut]
 
 
 def test_same_seed_same_text(client: Client, daemon: Daemon):
@@ -193,32 +216,41 @@ def test_prompt_longer_than_the_context_is_too_long(client: Client, daemon: Daem
 
 
 def test_cancel_stops_a_running_generation(client: Client, daemon: Daemon):
-    topic = f"{daemon.prefix}/response/test/{uuid.uuid4().hex}"
-    client.subscribe(topic)
-    client.publish(
-        f"{daemon.prefix}/request",
-        json.dumps(
-            {
-                "id": "to-cancel",
-                "prompt": "Write a very long story about a dragon.",
-                "max_tokens": 1000,
-                "stream": True,
-                "temperature": 0.8,
-                "seed": 3,
-            }
-        ),
-        response_topic=topic,
-    )
-    first = client.next(topic, 60)
-    assert first.body["type"] == "delta"
-    sent = time.monotonic()
-    client.publish(f"{daemon.prefix}/cancel", json.dumps({"id": "to-cancel"}))
-    rest = client.until_terminal(topic, 30)
+    # A story of up to 1000 tokens outlasts the cancel's round trip, unless this machine's
+    # kernels make the model end its turn at once: then another seed is tried.
+    for seed in (3, 4, 5):
+        rid = f"to-cancel-{seed}"
+        topic = f"{daemon.prefix}/response/test/{uuid.uuid4().hex}"
+        client.subscribe(topic)
+        client.publish(
+            f"{daemon.prefix}/request",
+            json.dumps(
+                {
+                    "id": rid,
+                    "prompt": "Write a very long story about a dragon.",
+                    "max_tokens": 1000,
+                    "stream": True,
+                    "temperature": 0.8,
+                    "seed": seed,
+                }
+            ),
+            response_topic=topic,
+        )
+        first = client.next(topic, 60)
+        assert first.body["type"] in ("delta", "done")
+        sent = time.monotonic()
+        client.publish(f"{daemon.prefix}/cancel", json.dumps({"id": rid}))
+        rest = [first] if first.body["type"] == "done" else client.until_terminal(topic, 30)
+        if rest[-1].body["type"] == "done" and rest[-1].body["finish_reason"] == "stop":
+            continue  # ended on its own before the cancel arrived
+        break
     assert time.monotonic() - sent < 2.0
     err = rest[-1].body
-    assert err["type"] == "error" and err["code"] == "cancelled"
+    assert err["type"] == "error" and err["code"] == "cancelled", err
     assert err["usage"]["completion_tokens"] < 1000
-    assert client.quiet(topic, 0.5) == []
+    deltas = "".join(r.body["text"] for r in [first, *rest[:-1]])
+    assert err["text"] == deltas  # the text generated until the cancel, all of it streamed
+    assert client.quiet(topic, 0.5) == []  # nothing after the terminal reply
 
 
 @pytest.mark.parametrize(
@@ -248,11 +280,16 @@ def test_malformed_request_gets_error_and_daemon_keeps_serving(
 
 
 def test_unanswerable_malformed_request_is_logged_not_answered(client: Client, daemon: Daemon):
+    def rejected() -> list[dict]:
+        return [e for e in daemon.log_events() if e.get("event") == "request_rejected_unanswerable"]
+
+    before = len(rejected())
     client.subscribe(f"{daemon.prefix}/response/+")
     client.publish(f"{daemon.prefix}/request", b"{no reply address")
-    assert client.quiet(f"{daemon.prefix}/response/+", 1.0) == []
-    events = [e for e in daemon.log_events() if e.get("event") == "request_rejected_unanswerable"]
-    assert events and events[-1]["code"] == "bad_request"
+    events = poll(lambda: rejected()[before:], 10, "the rejection in the log")
+    assert events[-1]["code"] == "bad_request"
+    # The log line ends the path that would have published a reply: none is on its way.
+    assert client.quiet(f"{daemon.prefix}/response/+", 0.3) == []
     assert ask(client, daemon, {"prompt": "Say yes.", "max_tokens": 4})[-1].body["type"] == "done"
 
 
@@ -264,12 +301,14 @@ def test_one_log_line_per_request_and_no_prompt_text(client: Client, daemon: Dae
         {"id": "logged-1", "prompt": f"Repeat: {secret}", "max_tokens": 30, **GREEDY},
     )[-1].body
     assert done["type"] == "done"
-    time.sleep(0.2)
-    lines = [
-        e for e in daemon.log_events() if e.get("event") == "request" and e.get("id") == "logged-1"
-    ]
-    assert len(lines) == 1
-    line = lines[0]
+
+    def lines() -> list[dict]:
+        events = daemon.log_events()
+        return [e for e in events if e.get("event") == "request" and e.get("id") == "logged-1"]
+
+    poll(lines, 10, "the request's log line")  # written just after the reply is published
+    assert len(lines()) == 1
+    line = lines()[0]
     assert line["outcome"] == "done"
     assert line["completion_tokens"] == done["usage"]["completion_tokens"]
     assert {"ttft_ms", "total_ms", "tokens_per_s", "prompt_tokens"} <= set(line)

@@ -30,7 +30,9 @@ def governed(broker: Broker, tmp: Path, trace_file: Path) -> Daemon:
         tmp,
         settings={
             "monitor": {"source": "replay", "trace": str(trace_file), "interval_s": 0.2},
-            # No sweep: on a busy 2-core CI box it may pick 1 thread, leaving nothing to step down.
+            # Two threads on any machine (the default is its core count), and no sweep (on a busy
+            # box it may pick 1 thread): there is always a step down to see.
+            "model": {"n_threads": 2},
             "governor": {
                 "hysteresis_s": 1,
                 "telemetry_interval_s": 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.helpers import Broker, Client, Daemon
+from tests.helpers import Broker, Client, Daemon, poll
 
 pytestmark = pytest.mark.model
 
@@ -209,7 +210,9 @@ def test_every_accepted_request_gets_exactly_one_terminal_reply_under_mixed_load
                 "stream": stream,
                 "priority": ["interactive", "background"][i % 2],
             }
-            c.publish(f"{d.prefix}/request/c{n}", json.dumps(body), response_topic=f"{topic}/c{n}/{rid}")
+            c.publish(
+                f"{d.prefix}/request/c{n}", json.dumps(body), response_topic=f"{topic}/c{n}/{rid}"
+            )
             if i % 4 == 3:
                 c.publish(f"{d.prefix}/cancel", json.dumps({"id": rid}))
 
@@ -218,13 +221,14 @@ def test_every_accepted_request_gets_exactly_one_terminal_reply_under_mixed_load
         t.start()
     for t in threads:
         t.join()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def all_answered() -> bool:
         with lock:
-            if len(counts) == len(ids):
-                break
-        time.sleep(0.1)
-    time.sleep(0.5)  # let a second terminal reply, if any were sent, arrive
+            return len(counts) == len(ids)
+
+    with contextlib.suppress(TimeoutError):  # the asserts below say which request is missing
+        poll(all_answered, 120, "a terminal reply to every request", every=0.1)
+    time.sleep(0.5)  # not a wait for anything: the window in which a second terminal would show
     for c in clients:
         c.close()
     assert sorted(counts) == sorted(ids), "a request got no terminal reply"
@@ -265,6 +269,7 @@ def guarded(broker: Broker, model_path: Path, tmp_path_factory) -> Iterator[Daem
             "policy": {
                 "clients_allowed": ["alice", "bob", "carol", "dave"],
                 "blocked_terms": ["Voldemort", "e"],
+                "classifier": "tests.classifiers:Keyword",
                 "rate_limit": {"requests_per_min": 6, "burst": 2, "tokens_per_min": None},
             },
         },
@@ -336,3 +341,12 @@ def test_a_blocked_term_in_the_output_stops_the_stream_before_it(client: Client,
     streamed = "".join(r.body["text"] for r in replies[:-1])
     assert "e" not in streamed.casefold() and "e" not in end["text"].casefold()
     assert streamed == end["text"]
+
+
+def test_the_safety_classifier_seam_is_asked(client: Client, guarded: Daemon):
+    topic = reply_tree(guarded)
+    client.subscribe(topic)
+    body = {"prompt": "Draw a CANNON", "max_tokens": 4}
+    send(client, guarded, body, topic, f"{guarded.prefix}/request/carol")
+    err = terminal(client, topic)
+    assert err["code"] == "policy" and "classifier" in err["message"]
