@@ -164,7 +164,8 @@ def test_cli_ask_reports_errors(broker: Broker, daemon: Daemon):
 def test_sighup_applies_live_keys_and_reports_the_rest(
     broker: Broker, model_path: Path, tmp_path: Path
 ):
-    d = Daemon(broker, tmp_path).start()
+    # A short default answer (16 tokens) keeps the test quick on a slow or busy machine.
+    d = Daemon(broker, tmp_path, settings={"generation": {"max_tokens": 16}}).start()
     client = Client(broker)
 
     def events(name: str) -> list[dict]:
