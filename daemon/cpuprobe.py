@@ -305,9 +305,18 @@ def _child(model_path: str, repack: bool) -> int:
     faulthandler.enable()
     from daemon.llama_compat import load_llama
 
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # One thread for decode and prompt alike: the kernels (and their faults) are the same at
+    # any count, and llama.cpp's spinning barrier makes a many-thread step crawl while another
+    # process holds a core (seen here during a busy start: 10 s for this probe, 0.4 s alone;
+    # with one thread, 0.12 s for the tokens under the same load).
     llm = load_llama(
-        model_path, repack=repack, n_ctx=256, n_batch=64, n_threads=n or 1, verbose=False
+        model_path,
+        repack=repack,
+        n_ctx=256,
+        n_batch=64,
+        n_threads=1,
+        n_threads_batch=1,
+        verbose=False,
     )
     tokens = llm.tokenize(b"Hello, how are you today?", add_bos=True)
     for i, _ in enumerate(llm.generate(tokens, temp=0.0)):
