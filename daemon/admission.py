@@ -31,27 +31,32 @@ def prompt_chars(request: Any) -> int:
     return n + sum(len(m.content) for m in request.messages or ())
 
 
-def job_seconds(chars: int, max_tokens: int, rates: Rates) -> float | None:
+def prompt_tokens(chars: int, n_ctx: int) -> float:
+    """Estimated prompt tokens; never more than the context (a longer prompt is refused
+    `too_long` at once and costs nothing)."""
+    return min(chars / CHARS_PER_TOKEN + TEMPLATE_TOKENS, n_ctx)
+
+
+def job_seconds(chars: int, max_tokens: int, rates: Rates, n_ctx: int) -> float | None:
     """Worst-case seconds a job runs: its prompt's prefill and all max_tokens decoded."""
     if not rates.prefill or not rates.decode:
         return None
-    prompt_tokens = chars / CHARS_PER_TOKEN + TEMPLATE_TOKENS
-    return prompt_tokens / rates.prefill + max_tokens / rates.decode
+    return prompt_tokens(chars, n_ctx) / rates.prefill + max_tokens / rates.decode
 
 
-def prefill_seconds(chars: int, rates: Rates) -> float | None:
+def prefill_seconds(chars: int, rates: Rates, n_ctx: int) -> float | None:
     """Seconds until a job's first token once it starts."""
     if not rates.prefill:
         return None
-    return (chars / CHARS_PER_TOKEN + TEMPLATE_TOKENS) / rates.prefill
+    return prompt_tokens(chars, n_ctx) / rates.prefill
 
 
 def wait_seconds(
-    job: Any, current: Any, waiting: Iterable[Any], now: float, rates: Rates
+    job: Any, current: Any, waiting: Iterable[Any], now: float, rates: Rates, n_ctx: int
 ) -> float | None:
     """Seconds until job would produce its first token: what runs now, what is queued ahead
     of it (lower or equal priority number), and its own prefill. None: no estimate yet."""
-    own = prefill_seconds(prompt_chars(job.request), rates)
+    own = prefill_seconds(prompt_chars(job.request), rates, n_ctx)
     if own is None:
         return None
     total = own

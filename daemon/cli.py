@@ -261,7 +261,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         result["code"] = 1
-        client.publish(topics.cancel, json.dumps({"id": rid}), qos=1).wait_for_publish(2)
+        cancel = topics.client_cancel(cfg.mqtt.username) if cfg.mqtt.username else topics.cancel
+        client.publish(cancel, json.dumps({"id": rid}), qos=1).wait_for_publish(2)
     client.disconnect()
     client.loop_stop()
     return result["code"]

@@ -174,7 +174,7 @@ class Engine:
         """
         req = job.request
         job.estimate_s = admission.job_seconds(
-            admission.prompt_chars(req), self._max_new(req), self.rates()
+            admission.prompt_chars(req), self._max_new(req), self.rates(), self.n_ctx
         )
         with self._lock:
             current = self._current
@@ -183,7 +183,7 @@ class Engine:
             if self._stop.is_set() or self.failed.is_set():
                 raise QueueFull
             wait = admission.wait_seconds(
-                job, current, self._queue.snapshot(), self._clock(), self.rates()
+                job, current, self._queue.snapshot(), self._clock(), self.rates(), self.n_ctx
             )
             if wait is not None and self._clock() + wait > req.deadline:
                 raise WouldMissDeadline(wait)
@@ -209,14 +209,17 @@ class Engine:
             )
         return len(expired)
 
-    def cancel(self, request_id: str) -> bool:
-        """Stop a running generation between tokens, or answer a waiting one at once."""
+    def cancel(self, request_id: str, client: str | None = None) -> bool:
+        """Stop a running generation between tokens, or answer a waiting one at once.
+
+        With client, only a request of that client is cancelled.
+        """
         with self._lock:
             job = (
                 self._current if self._current and self._current.request.id == request_id else None
             )
             job = job or self._queue.find(request_id)
-        if job is None:
+        if job is None or (client is not None and job.request.client != client):
             return False
         job.cancelled.set()
         if job is not self._current:

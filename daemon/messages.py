@@ -17,6 +17,8 @@ from daemon.topics import Topics, is_publishable
 PROTOCOL_VERSION = 1
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 _ID_RE = re.compile(_ID_PATTERN)
+# The longest client name (the topic level after .../request/) accepted.
+MAX_CLIENT_CHARS = 128
 
 
 class ErrorCode(StrEnum):
@@ -90,6 +92,7 @@ class Rejection:
     message: str
     id: str | None = None
     reply: ReplyAddress | None = None
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,9 +166,12 @@ def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Reques
         if reply is None and reply_to is not None:
             reply = ReplyAddress(reply_to)
         if reply is None and rid is not None:
-            reply = ReplyAddress(topics.response(rid))
-        return Rejection(code, text, rid, reply)
+            reply = ReplyAddress(topics.response_for(msg.client, rid))
+        return Rejection(code, text, rid, reply, msg.client)
 
+    if len(msg.client) > MAX_CLIENT_CHARS:
+        # Rate-limit and dedupe state is kept per client name: bound what one may cost.
+        return reject(ErrorCode.BAD_REQUEST, f"client name over {MAX_CLIENT_CHARS} characters")
     size = len(msg.payload)
     if size > limits.max_payload_bytes:
         return reject(
@@ -217,7 +223,8 @@ def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Reques
     elif body.reply_to is not None:
         reply = ReplyAddress(body.reply_to)
     else:
-        reply = ReplyAddress(topics.response(rid))
+        # A named client's default replies go under its name: the LAN ACL lets it read there.
+        reply = ReplyAddress(topics.response_for(msg.client, rid))
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if body.stream is True:
         stream = StreamMode.TOKENS

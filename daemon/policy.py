@@ -3,8 +3,11 @@ and the seam for a safety classifier. Pure functions and small classes, no I/O."
 
 from __future__ import annotations
 
+import bisect
 import importlib
 from typing import Protocol
+
+from daemon.topics import Topics
 
 
 def client_allowed(allowed: list[str] | None, client: str) -> bool:
@@ -13,13 +16,16 @@ def client_allowed(allowed: list[str] | None, client: str) -> bool:
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
-    """MQTT topic filter matching (MQTT 5 spec 4.7): '+' one level, '#' this level and all
-    below; a filter starting with a wildcard never matches a '$' topic."""
+    """MQTT topic filter matching (MQTT 5.0 section 4.7): '+' one level, '#' this level and all
+    below it, the parent included; a filter starting with a wildcard never matches a '$' topic."""
+    # 4.7.2: "$SYS/#" must be named to be matched, so a "#" in policy.reply_topics can never send
+    # model output into the broker's own tree.
     if topic.startswith("$") and pattern[:1] in ("+", "#"):
         return False
     p_levels, t_levels = pattern.split("/"), topic.split("/")
     for i, p in enumerate(p_levels):
         if p == "#":
+            # 4.7.1.2: "sport/#" also matches "sport", so i may equal len(t_levels) here.
             return True
         if i >= len(t_levels):
             return False
@@ -29,8 +35,15 @@ def topic_matches(pattern: str, topic: str) -> bool:
 
 
 def reply_topic_allowed(filters: list[str], topic: str) -> bool:
-    """Whether the daemon may publish a reply on topic."""
+    """Whether the daemon may publish a reply on topic: it matches one of the filters."""
     return any(topic_matches(f, topic) for f in filters)
+
+
+def default_reply_filters(base: str) -> list[str]:
+    """The reply topics always allowed to the node at base ('<prefix>/<node>'): its reply tree."""
+    # The topic string itself is built in topics.py; node ids never contain '/' (config.py).
+    prefix, _, node_id = base.rpartition("/")
+    return [Topics(prefix, node_id).replies]
 
 
 def compose_system(fixed: str | None, requested: str | None) -> str | None:
@@ -40,21 +53,28 @@ def compose_system(fixed: str | None, requested: str | None) -> str | None:
 
 
 class TermFilter:
-    """Blocked terms, case-insensitive, in prompts and in streamed output.
+    """Blocked terms, case-insensitive (str.casefold), in prompts and in streamed output.
 
     Like textstream.StopMatcher, text that could be the start of a blocked term is held back
-    until the next piece shows whether it is: no part of a blocked term is ever emitted.
+    until the next piece shows whether it is, so no part of a blocked term is ever emitted. The
+    output does not depend on how the text is split into pieces: it is the text before the first
+    place where a term starts, or might start, when the term that ends first is met.
     """
 
     def __init__(self, terms: list[str] | tuple[str, ...]):
-        self._terms = tuple(t.casefold() for t in terms if t)
+        # Folded form -> the term as configured (for logs); duplicates after folding kept once.
+        self._terms: dict[str, str] = {}
+        for term in terms:
+            if term:
+                self._terms.setdefault(term.casefold(), term)
+        self._longest = max(map(len, self._terms), default=0)
         self._held = ""
         self.blocked: str | None = None
 
     def find_in(self, text: str) -> str | None:
-        """The first blocked term found in text, or None."""
+        """The first configured term found in text (any case), or None."""
         folded = text.casefold()
-        return next((t for t in self._terms if t in folded), None)
+        return next((term for key, term in self._terms.items() if key in folded), None)
 
     def feed(self, piece: str) -> str:
         """Add output text; return what is now safe to emit ('' once a term was met)."""
@@ -63,39 +83,49 @@ class TermFilter:
         if not self._terms:
             return piece
         text = self._held + piece
-        folded = text.casefold()
-        hits = [(i, t) for t in self._terms if (i := folded.find(t)) >= 0]
+        folded, starts = _fold(text)
+        # The term that ends first is the one a token-by-token stream meets first.
+        hits = [(i + len(k), -len(k), k) for k in self._terms if (i := folded.find(k)) >= 0]
         if hits:
-            start, term = min(hits)
-            self.blocked, self._held = term, ""
-            return _prefix_before(text, folded, start)
-        keep = self._longest_partial_suffix(folded)
-        self._held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep]
+            end, _, key = min(hits)
+            self.blocked, self._held = self._terms[key], ""
+            # Not only the term: a longer one that began earlier ("abcd" around "bc") is cut too.
+            return text[: _chars_before(starts, self._first_start(folded[:end]))]
+        cut = _chars_before(starts, self._first_start(folded))
+        self._held = text[cut:]
+        return text[:cut]
 
     def flush(self) -> str:
-        """The held-back text at the end of generation."""
+        """The held-back text at the end of generation ('' once a term was met)."""
         held, self._held = self._held, ""
         return "" if self.blocked is not None else held
 
-    def _longest_partial_suffix(self, folded: str) -> int:
-        best = 0
-        for term in self._terms:
-            for n in range(min(len(term) - 1, len(folded)), best, -1):
-                if folded.endswith(term[:n]):
-                    best = n
-                    break
-        return best
+    def _first_start(self, folded: str) -> int:
+        """Where the earliest tail of folded that begins some term starts (len if none)."""
+        for s in range(max(0, len(folded) - self._longest), len(folded)):
+            tail = folded[s:]
+            if any(k.startswith(tail) for k in self._terms):
+                return s
+        return len(folded)
 
 
-def _prefix_before(text: str, folded: str, start: int) -> str:
-    # casefold can change lengths (ß -> ss); cut where the folded prefix ends in the original.
-    if len(text) == len(folded):
-        return text[:start]
-    for cut in range(len(text), -1, -1):
-        if len(text[:cut].casefold()) <= start:
-            return text[:cut]
-    return ""
+def _fold(text: str) -> tuple[str, list[int] | None]:
+    """text.casefold() and where each character of text starts in it (None: one to one)."""
+    folded = text.casefold()
+    if len(folded) == len(text):
+        # casefold never shortens a character, so equal lengths mean each maps to one.
+        return folded, None
+    starts = [0]
+    for ch in text:
+        starts.append(starts[-1] + len(ch.casefold()))
+    return folded, starts
+
+
+def _chars_before(starts: list[int] | None, pos: int) -> int:
+    """How many characters of text fold to text that ends at or before folded position pos."""
+    # A character that folds to several ("ß" -> "ss") and is cut in two counts as after pos:
+    # held back or dropped, never half emitted.
+    return pos if starts is None else bisect.bisect_right(starts, pos) - 1
 
 
 class Classifier(Protocol):
@@ -105,7 +135,7 @@ class Classifier(Protocol):
 
 
 def load_classifier(spec: str | None) -> Classifier | None:
-    """The classifier named 'module:factory' (policy.classifier), or None when off."""
+    """The classifier that 'module:factory' (policy.classifier) makes, or None when off."""
     if spec is None:
         return None
     module_name, _, factory_name = spec.partition(":")
@@ -115,5 +145,12 @@ def load_classifier(spec: str | None) -> Classifier | None:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"policy.classifier: cannot load {spec!r}: {err}") from None
-    classifier: Classifier = factory()
-    return classifier
+    try:
+        classifier = factory()
+    except Exception as err:
+        # Someone else's code at start-up: its failure is a config error, not a crash.
+        raise ValueError(f"policy.classifier: {spec!r} failed: {err!r}") from None
+    if not callable(getattr(classifier, "check", None)):
+        raise ValueError(f"policy.classifier: {spec!r} made an object without check(text)")
+    checked: Classifier = classifier
+    return checked

@@ -397,7 +397,9 @@ class Service:
                     "reply topic not allowed by this node's policy: use "
                     f"{self.topics.replies.removesuffix('#')}...",
                     req.id,
-                    ReplyAddress(self.topics.response(req.id), req.reply.correlation),
+                    ReplyAddress(
+                        self.topics.response_for(req.client, req.id), req.reply.correlation
+                    ),
                 )
             )
             return
@@ -479,7 +481,7 @@ class Service:
         if reply is not None and not reply_topic_allowed(self._reply_filters(), reply.topic):
             self.counters["reply_topic_refused"] += 1
             log.warning("reply_topic_refused", id=rej.id)
-            default = self.topics.response(rej.id) if rej.id else None
+            default = self.topics.response_for(rej.client, rej.id) if rej.id else None
             reply = ReplyAddress(default, reply.correlation) if default else None
         if reply is None:
             # Nowhere to answer: log and count, never guess a topic.
@@ -493,11 +495,13 @@ class Service:
         )
         log.info("request", id=rej.id, outcome=str(rej.code), detail=rej.message)
 
-    def _on_cancel(self, payload: bytes) -> None:
+    def _on_cancel(self, payload: bytes, client: str) -> None:
         assert self.engine is not None
         rid = parse_cancel(payload)
         if rid is None:
             log.warning("cancel_ignored", reason="no valid id")
             return
-        found = self.engine.cancel(rid)
-        log.info("cancel", id=rid, found=found)
+        # A client cancels only its own requests: on a LAN broker the ACL binds the cancel
+        # topic's last level to the user, so one user cannot stop another's by guessing ids.
+        found = self.engine.cancel(rid, client)
+        log.info("cancel", id=rid, client=client, found=found)

@@ -33,11 +33,13 @@ class Topics:
         """Where the client named ``client`` publishes prompts."""
         return f"{self.base}/request/{client}"
 
-    def client_of(self, topic: str) -> str | None:
-        """The client a request topic names: '' for the plain topic, None if not a request."""
-        if topic == self.request:
+    def client_of(self, topic: str, leaf: str = "request") -> str | None:
+        """The client a request (or cancel) topic names: '' for the plain topic, None if the
+        topic is not one of that leaf."""
+        plain = f"{self.base}/{leaf}"
+        if topic == plain:
             return ""
-        head = f"{self.request}/"
+        head = f"{plain}/"
         if topic.startswith(head) and "/" not in topic[len(head) :] and len(topic) > len(head):
             return topic[len(head) :]
         return None
@@ -51,6 +53,15 @@ class Topics:
     def cancel(self) -> str:
         """Where clients publish ``{"id": ...}`` to stop a generation."""
         return f"{self.base}/cancel"
+
+    @property
+    def client_cancels(self) -> str:
+        """The filter of per-client cancel topics: a client cancels only its own requests."""
+        return f"{self.base}/cancel/+"
+
+    def client_cancel(self, client: str) -> str:
+        """Where the client named ``client`` cancels its requests."""
+        return f"{self.base}/cancel/{client}"
 
     @property
     def status(self) -> str:

@@ -67,7 +67,7 @@ class Transport:
         client_id: str,
         password: str | None,
         on_request: Callable[[Incoming], None],
-        on_cancel: Callable[[bytes], None],
+        on_cancel: Callable[[bytes, str], None],
         offline_payload: bytes,
     ):
         self._cfg = cfg
@@ -175,6 +175,7 @@ class Transport:
                 (self._topics.request, 1),
                 (self._topics.client_requests, 1),
                 (self._topics.cancel, 1),
+                (self._topics.client_cancels, 1),
             ]
         )
 
@@ -201,8 +202,9 @@ class Transport:
     def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = time.monotonic()
         payload = bytes(msg.payload)
-        if msg.topic == self._topics.cancel:
-            self._on_cancel(payload)
+        canceller = self._topics.client_of(msg.topic, "cancel")
+        if canceller is not None:
+            self._on_cancel(payload, canceller)
             return
         client = self._topics.client_of(msg.topic)
         if client is None:

@@ -11,6 +11,10 @@ broker_pid=""
 if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
   echo "edgellm: no broker on 127.0.0.1:1883; starting mosquitto with deploy/mosquitto/local.conf"
   mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  # local.conf's persistence_location, relative to this directory; mosquitto does not create it,
+  # and started as root it writes as its own user.
+  mkdir -p .mosquitto
+  if [[ $EUID -eq 0 ]] && id mosquitto >/dev/null 2>&1; then chown mosquitto: .mosquitto; fi
   "$mosq" -c deploy/mosquitto/local.conf &
   broker_pid=$!
   trap '[[ -n "$broker_pid" ]] && kill "$broker_pid" 2>/dev/null' EXIT

@@ -93,24 +93,26 @@ def test_remove_if_takes_out_expired_jobs_only():
 
 def test_no_estimate_before_anything_was_measured():
     rates = admission.Rates(None, None)
-    assert admission.job_seconds(400, 100, rates) is None
-    assert admission.wait_seconds(job(), None, [], 0.0, rates) is None
+    assert admission.job_seconds(400, 100, rates, 2048) is None
+    assert admission.wait_seconds(job(), None, [], 0.0, rates, 2048) is None
 
 
 def test_the_wait_counts_what_runs_and_what_is_ahead_by_priority():
     rates = admission.Rates(prefill=200.0, decode=50.0)
     # 40 characters -> 10 tokens + 30 of template = 40 tokens of prefill: 0.2 s.
-    assert admission.prefill_seconds(40, rates) == pytest.approx(0.2)
-    assert admission.job_seconds(40, 100, rates) == pytest.approx(0.2 + 2.0)
+    assert admission.prefill_seconds(40, rates, 2048) == pytest.approx(0.2)
+    assert admission.job_seconds(40, 100, rates, 2048) == pytest.approx(0.2 + 2.0)
+    # A prompt longer than the context costs at most a context's prefill (then too_long).
+    assert admission.prefill_seconds(10**6, rates, 2048) == pytest.approx(2048 / 200)
     running = job()
     running.estimate_s, running.started_at = 3.0, 10.0
     ahead_i, ahead_b = job(), job(Priority.BACKGROUND)
     ahead_i.estimate_s = ahead_b.estimate_s = 1.5
     new_i, new_b = job(), job(Priority.BACKGROUND)
     # 1 s into the running job: 2 s of it left, then the interactive job ahead, then prefill.
-    wait_i = admission.wait_seconds(new_i, running, [ahead_i, ahead_b], 11.0, rates)
+    wait_i = admission.wait_seconds(new_i, running, [ahead_i, ahead_b], 11.0, rates, 2048)
     assert wait_i == pytest.approx(2.0 + 1.5 + 0.2)
-    wait_b = admission.wait_seconds(new_b, running, [ahead_i, ahead_b], 11.0, rates)
+    wait_b = admission.wait_seconds(new_b, running, [ahead_i, ahead_b], 11.0, rates, 2048)
     assert wait_b == pytest.approx(2.0 + 1.5 + 1.5 + 0.2)
     # A job running past its estimate counts as ending now, never negative.
-    assert admission.wait_seconds(new_i, running, [], 30.0, rates) == pytest.approx(0.2)
+    assert admission.wait_seconds(new_i, running, [], 30.0, rates, 2048) == pytest.approx(0.2)

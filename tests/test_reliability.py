@@ -214,7 +214,7 @@ def test_every_accepted_request_gets_exactly_one_terminal_reply_under_mixed_load
                 f"{d.prefix}/request/c{n}", json.dumps(body), response_topic=f"{topic}/c{n}/{rid}"
             )
             if i % 4 == 3:
-                c.publish(f"{d.prefix}/cancel", json.dumps({"id": rid}))
+                c.publish(f"{d.prefix}/cancel/c{n}", json.dumps({"id": rid}))
 
     threads = [threading.Thread(target=worker, args=(n, c)) for n, c in enumerate(clients)]
     for t in threads:
@@ -350,3 +350,29 @@ def test_the_safety_classifier_seam_is_asked(client: Client, guarded: Daemon):
     send(client, guarded, body, topic, f"{guarded.prefix}/request/carol")
     err = terminal(client, topic)
     assert err["code"] == "policy" and "classifier" in err["message"]
+
+
+def test_a_client_cancels_only_its_own_requests(client: Client, small_queue: Daemon):
+    d = small_queue
+    topic = reply_tree(d)
+    client.subscribe(topic)
+    rid = f"mine-{uuid.uuid4().hex[:6]}"
+    body = {**LONG, "id": rid, "max_tokens": 60, "stream": True}
+    send(client, d, body, topic, f"{d.prefix}/request/alice")
+    client.next(topic, 30)  # running
+    client.publish(f"{d.prefix}/cancel/mallory", json.dumps({"id": rid}))
+    client.publish(f"{d.prefix}/cancel", json.dumps({"id": rid}))
+    client.publish(f"{d.prefix}/cancel/alice", json.dumps({"id": rid}))
+    assert terminal(client, topic)["code"] == "cancelled"
+    found = [e["found"] for e in logged(d, "cancel", 3, id=rid)]
+    assert found == [False, False, True]
+
+
+def test_a_named_clients_default_replies_go_under_its_name(client: Client, daemon: Daemon):
+    rid = f"named-{uuid.uuid4().hex[:6]}"
+    mine = f"{daemon.prefix}/response/alice/{rid}"
+    client.subscribe(mine)
+    client.publish(
+        f"{daemon.prefix}/request/alice", json.dumps({"id": rid, "prompt": "Hi", "max_tokens": 2})
+    )
+    assert terminal(client, mine)["type"] == "done"
