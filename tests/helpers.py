@@ -39,7 +39,9 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def poll(check: Callable[[], T], timeout: float, what: str = "condition", every: float = 0.05) -> T:
+def poll(
+    check: Callable[[], T | None], timeout: float, what: str = "condition", every: float = 0.05
+) -> T:
     """check()'s first truthy result, asked every `every` s until `timeout` s have passed."""
     deadline = time.monotonic() + timeout
     while True:
@@ -49,6 +51,11 @@ def poll(check: Callable[[], T], timeout: float, what: str = "condition", every:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not met within {timeout} s")
         time.sleep(every)
+
+
+def nodelay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """paho's on_socket_open: TCP_NODELAY, or each QoS 1 exchange may wait ~40 ms (Nagle)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -116,9 +123,7 @@ class Client:
         )
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda _c, _u, mid, _rc, _p: self._subacks.put(mid)
-        self.c.on_socket_open = lambda _c, _u, s: s.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-        )
+        self.c.on_socket_open = nodelay
         self.c.connect(broker.host, broker.port)
         self.c.loop_start()
 

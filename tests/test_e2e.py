@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -46,12 +47,13 @@ def ask(
 
 
 def test_status_is_retained_online_with_details(daemon: Daemon):
-    status = daemon.wait_status("online", timeout=5)
-    deadline = time.monotonic() + 30
-    while "thread_sweep" not in status:  # republished once the start-up sweep is done
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+    # Republished once the start-up sweep is done: up to ~1 s per thread count, and the sweep
+    # counts up to every CPU the machine has (not only those this process may use).
+    def swept() -> dict | None:
         status = daemon.wait_status("online", timeout=5)
+        return status if "thread_sweep" in status else None
+
+    status = poll(swept, 30 + 2 * (os.cpu_count() or 1), "a status with the sweep", every=0.2)
     assert status["model"] == "smollm2-135m"
     assert status["n_ctx"] == 2048
     assert status["threads"] >= 1

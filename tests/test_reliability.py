@@ -108,7 +108,7 @@ def test_interactive_requests_overtake_waiting_background_ones(client: Client, s
             {"id": rid, "prompt": "Say hi.", "max_tokens": 4, "priority": prio},
             f"{topic}/{rid}",
         )
-    order = []
+    order: list[str] = []
     while len(order) < 3:
         reply = client.next(f"{topic}/#", 60)
         if reply.body.get("type") in ("done", "error"):
@@ -290,7 +290,7 @@ def test_a_flooding_client_is_rate_limited_and_another_is_not(client: Client, gu
             f"{topic}/a{i}",
             f"{d.prefix}/request/alice",
         )
-    replies = {}
+    replies: dict[str, dict] = {}
     while len(replies) < 4:
         r = client.next(f"{topic}/#", 60).body
         if r.get("type") in ("done", "error"):
