@@ -64,6 +64,6 @@ def wait_seconds(
         started = current.started_at if current.started_at is not None else now
         total += max(0.0, current.estimate_s - (now - started))
     for other in waiting:
-        if other.priority <= job.priority and other.estimate_s is not None:
+        if other.request.priority <= job.request.priority and other.estimate_s is not None:
             total += other.estimate_s
     return total

@@ -15,9 +15,18 @@ import structlog
 
 from daemon import admission, llama_compat
 from daemon.config import GenerationConfig, LimitsConfig, ModelConfig, PolicyConfig
-from daemon.jobs import Job, JobQueue, QueueFull
-from daemon.messages import ChatMessage, Done, ErrorCode, StreamMode, Timings, Usage
-from daemon.policy import Classifier, TermFilter, compose_system
+from daemon.requests import (
+    ChatMessage,
+    Done,
+    ErrorCode,
+    Job,
+    JobQueue,
+    QueueFull,
+    StreamMode,
+    Timings,
+    Usage,
+)
+from daemon.safeguards.policy import Classifier, TermFilter, compose_system
 from daemon.textstream import SentenceChunker, StopMatcher
 
 log = structlog.get_logger(__name__)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.policy import (
+from daemon.frontends.topics import Topics
+from daemon.safeguards.policy import (
     TermFilter,
     client_allowed,
     compose_system,
@@ -17,7 +18,6 @@ from daemon.policy import (
     reply_topic_allowed,
     topic_matches,
 )
-from daemon.topics import Topics
 
 
 @pytest.mark.parametrize(

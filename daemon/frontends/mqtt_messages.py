@@ -1,98 +1,33 @@
-"""Typed request and reply payloads: validating what arrives, encoding what leaves."""
+"""The MQTT JSON wire format: parsing and validating what arrives, encoding what leaves."""
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
-from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.config import LimitsConfig
-from daemon.topics import Topics, is_publishable
+from daemon.frontends.topics import Topics, is_publishable
+from daemon.requests import (
+    ChatMessage,
+    Done,
+    ErrorCode,
+    Priority,
+    Rejection,
+    ReplyAddress,
+    Request,
+    StreamMode,
+    new_id,
+)
 
 PROTOCOL_VERSION = 1
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 _ID_RE = re.compile(_ID_PATTERN)
 # The longest client name (the topic level after .../request/) accepted.
 MAX_CLIENT_CHARS = 128
-
-
-class ErrorCode(StrEnum):
-    """Stable error codes of the public protocol (docs/PROTOCOL.md)."""
-
-    BAD_REQUEST = "bad_request"
-    TOO_LONG = "too_long"
-    BUSY = "busy"
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    INTERNAL = "internal"
-    RATE_LIMITED = "rate_limited"
-    POLICY = "policy"
-
-
-class Priority(IntEnum):
-    """Queue order: interactive requests (voice, a person waiting) run before background ones."""
-
-    INTERACTIVE = 0
-    BACKGROUND = 1
-
-
-class StreamMode(StrEnum):
-    OFF = "off"
-    TOKENS = "tokens"
-    SENTENCES = "sentences"
-
-
-@dataclass(frozen=True)
-class ReplyAddress:
-    """Where a request's replies go, and the MQTT v5 correlation data to echo."""
-
-    topic: str
-    correlation: bytes | None = None
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class Request:
-    """A validated request, ready for the engine."""
-
-    id: str
-    reply: ReplyAddress
-    messages: tuple[ChatMessage, ...] | None
-    prompt: str | None
-    system: str | None
-    max_tokens: int | None
-    temperature: float | None
-    top_p: float | None
-    stop: tuple[str, ...]
-    seed: int | None
-    stream: StreamMode
-    received_at: float
-    deadline: float
-    priority: Priority = Priority.INTERACTIVE
-    # Who asked: the topic level after .../request/ ('' on the plain request topic). Under the
-    # shipped ACL the broker binds it to the user name, so rate limits and the allow-list hold.
-    client: str = ""
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A request that cannot be accepted; reply is None when it named no reply address."""
-
-    code: ErrorCode
-    message: str
-    id: str | None = None
-    reply: ReplyAddress | None = None
-    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,10 +82,6 @@ def _error_text(err: ValidationError) -> str:
         msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
         parts.append(f"{key}: {msg}")
     return "; ".join(parts[:5])
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
 
 
 def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Request | Rejection:
@@ -283,31 +214,6 @@ def _check_limits(body: _Body, limits: LimitsConfig) -> str | None:
     if any("\x00" in t for t in texts):
         return "NUL characters are not allowed in text"
     return None
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Milliseconds, except tokens_per_s (decode speed after the first token)."""
-
-    queue_ms: float
-    ttft_ms: float
-    total_ms: float
-    tokens_per_s: float
-
-
-@dataclass(frozen=True)
-class Done:
-    text: str
-    finish_reason: str  # "stop" (end of turn or a stop string) | "length"
-    usage: Usage
-    timings: Timings
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

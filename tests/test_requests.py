@@ -7,8 +7,7 @@ import itertools
 import pytest
 
 from daemon import admission
-from daemon.jobs import Job, JobQueue, QueueFull
-from daemon.messages import Priority, ReplyAddress, Request, StreamMode
+from daemon.requests import Job, JobQueue, Priority, QueueFull, ReplyAddress, Request, StreamMode
 
 _ids = itertools.count()
 
