@@ -48,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--model", help="model to serve (overrides model.name)")
 
+    _add_ask(sub)
+    _add_simulate(sub)
+    _add_doctor(sub)
+
+    check = sub.add_parser("check-config", help="validate a config file and print it")
+    check.add_argument("path", type=Path, nargs="?", help="config.yaml (default: embedded)")
+    _add_model(sub)
+    return parser
+
+
+def _add_ask(sub: Any) -> None:
     ask = sub.add_parser("ask", help="send a prompt to a node and print the reply")
     _common(ask)
     ask.add_argument("prompt", help="the prompt text ('-' reads standard input)")
@@ -67,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print each reply message as JSON")
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
 
+
+def _add_simulate(sub: Any) -> None:
     sim = sub.add_parser(
         "simulate",
         help="run the governor against a trace or the thermal model and draw a PNG",
@@ -84,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, default=Path("edgellm-simulation.png"))
     sim.add_argument("--csv", type=Path, help="also write every step as CSV")
 
+
+def _add_doctor(sub: Any) -> None:
     doctor = sub.add_parser(
         "doctor",
         help="check that llama.cpp runs on this CPU (probe once, remember the verdict)",
@@ -94,9 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("-c", "--config", type=Path, help="config.yaml (model.*)")
     doctor.add_argument("--reprobe", action="store_true", help="forget the verdict, probe again")
 
-    check = sub.add_parser("check-config", help="validate a config file and print it")
-    check.add_argument("path", type=Path, nargs="?", help="config.yaml (default: embedded)")
 
+def _add_model(sub: Any) -> None:
     model = sub.add_parser("model", help="list, fetch, locate or verify models")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     for name, text in (
@@ -117,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "fetch":
             p.add_argument("--force", action="store_true", help="download again")
-    return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,8 +206,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import csv
     import dataclasses
 
-    from daemon import boards, config
-    from daemon.simulate import Workload, draw, simulate
+    from daemon import config
+    from daemon.governor import boards
+    from daemon.governor.simulate import Workload, draw, simulate
 
     cfg = config.load(args.config)
     rows = simulate(
@@ -224,8 +238,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from daemon import cpuprobe, logsetup, models
-    from daemon.llama_compat import TESTED_VERSIONS
+    from daemon import logsetup, models
+    from daemon.engine import cpuprobe
+    from daemon.engine.llama_compat import TESTED_VERSIONS
 
     cfg = config_load(args.config)
     logsetup.configure("warning", "console")

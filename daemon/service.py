@@ -11,18 +11,18 @@ from typing import Any
 
 import structlog
 
-from daemon import __version__, config, cpuprobe, logsetup, models
+from daemon import __version__, config, logsetup, models
 from daemon.config import Config, mqtt_password
-from daemon.engine import Engine, EngineError, ModelInfo, default_threads
+from daemon.engine import Engine, EngineError, ModelInfo, cpuprobe, default_threads
 from daemon.frontends.mqtt import MqttFrontDoor, Transport
 from daemon.frontends.mqtt_messages import status_payload, telemetry_payload
 from daemon.frontends.topics import Topics
+from daemon.governor.loop import Steering
+from daemon.governor.sources import make_sensors
 from daemon.intake import Intake
-from daemon.monitor import make_sensors
 from daemon.reload import plan_reload
 from daemon.safeguards.policy import load_classifier
 from daemon.sdnotify import Notifier, worker_alive
-from daemon.steering import Steering
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +117,16 @@ class Service:
     def run(self) -> int:
         """Start, serve until stop_event is set, shut down in order; return the exit code."""
         t0 = time.monotonic()
+        code = self._start()
+        if code is not None:
+            return code
+        code, offline = self._serve(t0)
+        self.notifier.stopping("shutting down")
+        self.shutdown(offline)
+        return code
+
+    def _start(self) -> int | None:
+        """Build and start the parts in order; an exit code when one cannot start."""
         try:
             path = self._model_path or models.locate(self.cfg.model.name, self.cfg.model.dir)
         except models.ModelError as err:
@@ -142,8 +152,30 @@ class Service:
             classifier=classifier,
         )
         self.intake = Intake(self.cfg, self.engine, self.counters, self._memory_ok)
-        self.door = MqttFrontDoor(self.cfg, self.topics, self.intake, self.counters)
-        # Connect while the model loads: both take a moment and neither needs the other.
+        transport = self._connect(self.intake)
+        self.notifier.status("loading model")
+        gov = self.cfg.governor
+        try:
+            self.info = self.engine.start(sweep_threads=gov.enabled and gov.thread_sweep)
+        except EngineError as err:
+            log.error("model_load_failed", error=str(err))
+            transport.stop()
+            return EXIT_MODEL
+        if gov.enabled:
+            sensors = make_sensors(self.cfg.monitor)
+            self.steering = Steering(
+                self.cfg, self.engine, self.info, sensors, self._publish_telemetry
+            )
+            self.steering.start()
+        self.intake.accepting = True
+        transport.set_status(self._status("online"))
+        self.notifier.status("connecting to the broker")
+        return None
+
+    def _connect(self, intake: Intake) -> Transport:
+        """The MQTT front door, connecting in the background (while the model loads: both take
+        a moment and neither needs the other)."""
+        self.door = MqttFrontDoor(self.cfg, self.topics, intake, self.counters)
         self.transport = Transport(
             self.cfg.mqtt,
             self.topics,
@@ -155,39 +187,22 @@ class Service:
         )
         self.door.transport = self.transport
         self.transport.start()
-        self.notifier.status("loading model")
-        gov = self.cfg.governor
-        try:
-            self.info = self.engine.start(sweep_threads=gov.enabled and gov.thread_sweep)
-        except EngineError as err:
-            log.error("model_load_failed", error=str(err))
-            self.transport.stop()
-            return EXIT_MODEL
-        if gov.enabled:
-            sensors = make_sensors(self.cfg.monitor)
-            self.steering = Steering(
-                self.cfg, self.engine, self.info, sensors, self._publish_telemetry
-            )
-            self.steering.start()
-        self.intake.accepting = True
-        self.transport.set_status(self._status("online"))
-        self.notifier.status("connecting to the broker")
-        code = EXIT_OK
+        return self.transport
+
+    def _serve(self, t0: float) -> tuple[int, bytes | None]:
+        """The main loop until stopped: the exit code, and the offline status to leave."""
+        assert self.engine is not None and self.transport is not None
         ready = False
         sweep_published = None
         last_ping = 0.0
-        offline: bytes | None = None
         while not self.stop_event.wait(0.1):
             now = time.monotonic()
             if self.transport.fatal_event.is_set():
                 log.error("mqtt_fatal", error=self.transport.fatal)
-                code = EXIT_MQTT
-                break
+                return EXIT_MQTT, None
             if self.engine.failed.is_set():
                 # Never a dead worker behind an `online` status: say why, exit, get restarted.
-                code = EXIT_ENGINE
-                offline = self._status("offline", self.engine.failure)
-                break
+                return EXIT_ENGINE, self._status("offline", self.engine.failure)
             self.engine.expire_waiting()
             if not ready and self.transport.ready.is_set():
                 # READY only once the model is loaded and the request topic is subscribed.
@@ -201,21 +216,23 @@ class Service:
             if self.engine.sweep is not sweep_published:
                 sweep_published = self.engine.sweep
                 self.transport.set_status(self._status("online"))
-            while self._signals:
-                signalled = self._signals.popleft()
-                if signalled == "stop":
-                    self.stop_event.set()
-                elif signalled == "reload":
-                    self.reload()
-                elif signalled == "sweep":
-                    self.engine.request_sweep()
+            self._take_signals()
             interval = self.notifier.watchdog_interval_s
             if interval is not None and now - last_ping >= interval:
                 last_ping = now
                 self._watchdog(now, 2 * interval)
-        self.notifier.stopping("shutting down")
-        self.shutdown(offline)
-        return code
+        return EXIT_OK, None
+
+    def _take_signals(self) -> None:
+        assert self.engine is not None
+        while self._signals:
+            signalled = self._signals.popleft()
+            if signalled == "stop":
+                self.stop_event.set()
+            elif signalled == "reload":
+                self.reload()
+            elif signalled == "sweep":
+                self.engine.request_sweep()
 
     def _status_line(self) -> str:
         assert self.engine is not None

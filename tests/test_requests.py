@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from daemon import admission
+from daemon.engine import admission
 from daemon.requests import Job, JobQueue, Priority, QueueFull, ReplyAddress, Request, StreamMode
 
 _ids = itertools.count()

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from daemon import config, llama_compat
-from daemon.engine import Engine
+from daemon import config
+from daemon.engine import Engine, llama_compat
 from daemon.frontends.mqtt_messages import Incoming, parse_request
 from daemon.frontends.topics import Topics
 from daemon.requests import Job, QueueFull, Request

@@ -89,17 +89,37 @@ def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Reques
     v5_reply = None
     if msg.response_topic and is_publishable(msg.response_topic):
         v5_reply = ReplyAddress(msg.response_topic, msg.correlation)
+    reject = _Rejector(msg, topics, v5_reply)
+    text = _payload_text(msg, limits, reject)
+    if isinstance(text, Rejection):
+        return text
+    body = _body(text, limits, reject)
+    if isinstance(body, Rejection):
+        return body
+    return _request(body, msg, topics, limits, v5_reply)
 
-    def reject(
-        code: ErrorCode, text: str, rid: str | None = None, reply_to: str | None = None
+
+class _Rejector:
+    """Builds a Rejection with the best reply address known so far."""
+
+    def __init__(self, msg: Incoming, topics: Topics, v5_reply: ReplyAddress | None):
+        self._msg = msg
+        self._topics = topics
+        self._v5_reply = v5_reply
+
+    def __call__(
+        self, code: ErrorCode, text: str, rid: str | None = None, reply_to: str | None = None
     ) -> Rejection:
-        reply = v5_reply
+        reply = self._v5_reply
         if reply is None and reply_to is not None:
             reply = ReplyAddress(reply_to)
         if reply is None and rid is not None:
-            reply = ReplyAddress(topics.response_for(msg.client, rid))
-        return Rejection(code, text, rid, reply, msg.client)
+            reply = ReplyAddress(self._topics.response_for(self._msg.client, rid))
+        return Rejection(code, text, rid, reply, self._msg.client)
 
+
+def _payload_text(msg: Incoming, limits: LimitsConfig, reject: _Rejector) -> str | Rejection:
+    """The payload as text, or why it cannot be one (size, encoding, NUL)."""
     if len(msg.client) > MAX_CLIENT_CHARS:
         # Rate-limit and dedupe state is kept per client name: bound what one may cost.
         return reject(ErrorCode.BAD_REQUEST, f"client name over {MAX_CLIENT_CHARS} characters")
@@ -117,37 +137,49 @@ def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Reques
         return reject(ErrorCode.BAD_REQUEST, "payload is neither UTF-8 text nor JSON")
     if "\x00" in text:
         return reject(ErrorCode.BAD_REQUEST, "payload contains NUL characters")
+    return text
 
+
+def _body(text: str, limits: LimitsConfig, reject: _Rejector) -> _Body | Rejection:
+    """The validated body: plain text is a prompt with defaults, JSON is checked field by field."""
     stripped = text.lstrip()
     if not stripped.startswith(("{", "[")):
         if not stripped:
             return reject(ErrorCode.BAD_REQUEST, "empty prompt")
         # Plain text: `mosquitto_pub -m "hello"` is a prompt with defaults.
-        body = _Body(prompt=text)
-    else:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            return reject(ErrorCode.BAD_REQUEST, f"invalid JSON: {err.msg} at char {err.pos}")
-        except RecursionError:
-            # '[' * 100000 is valid-looking JSON that recurses past Python's stack limit.
-            return reject(ErrorCode.BAD_REQUEST, "invalid JSON: nested too deeply")
-        if not isinstance(raw, dict):
-            return reject(ErrorCode.BAD_REQUEST, "a JSON request must be an object")
-        # Find the reply address before validating, so even a bad request gets its answer.
-        rid = raw.get("id") if isinstance(raw.get("id"), str) and _valid_id(raw["id"]) else None
-        reply_to = raw.get("reply_to")
-        reply_to = reply_to if isinstance(reply_to, str) and is_publishable(reply_to) else None
-        try:
-            body = _Body.model_validate(raw)
-        except ValidationError as err:
-            return reject(ErrorCode.BAD_REQUEST, _error_text(err), rid, reply_to)
-        if body.reply_to is not None and reply_to is None:
-            return reject(ErrorCode.BAD_REQUEST, "reply_to: not a topic one can publish to", rid)
-        problem = _check_limits(body, limits)
-        if problem:
-            return reject(ErrorCode.BAD_REQUEST, problem, rid, reply_to)
+        return _Body(prompt=text)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        return reject(ErrorCode.BAD_REQUEST, f"invalid JSON: {err.msg} at char {err.pos}")
+    except RecursionError:
+        # '[' * 100000 is valid-looking JSON that recurses past Python's stack limit.
+        return reject(ErrorCode.BAD_REQUEST, "invalid JSON: nested too deeply")
+    if not isinstance(raw, dict):
+        return reject(ErrorCode.BAD_REQUEST, "a JSON request must be an object")
+    # Find the reply address before validating, so even a bad request gets its answer.
+    rid = raw.get("id") if isinstance(raw.get("id"), str) and _valid_id(raw["id"]) else None
+    reply_to = raw.get("reply_to")
+    reply_to = reply_to if isinstance(reply_to, str) and is_publishable(reply_to) else None
+    try:
+        body = _Body.model_validate(raw)
+    except ValidationError as err:
+        return reject(ErrorCode.BAD_REQUEST, _error_text(err), rid, reply_to)
+    if body.reply_to is not None and reply_to is None:
+        return reject(ErrorCode.BAD_REQUEST, "reply_to: not a topic one can publish to", rid)
+    problem = _check_limits(body, limits)
+    if problem:
+        return reject(ErrorCode.BAD_REQUEST, problem, rid, reply_to)
+    return body
 
+
+def _request(
+    body: _Body,
+    msg: Incoming,
+    topics: Topics,
+    limits: LimitsConfig,
+    v5_reply: ReplyAddress | None,
+) -> Request:
     rid = body.id or new_id()
     if v5_reply is not None:
         reply = v5_reply
