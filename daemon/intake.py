@@ -119,7 +119,15 @@ class _Ledger:
         if usage.get("completion_tokens"):
             intake.limiter.charge_tokens(request.client, usage["completion_tokens"])
         intake.counters[str(code)] += 1
-        log_request(request.id, request.client, str(code), detail=message, usage=extra.get("usage"))
+        log_request(
+            request.id,
+            request.client,
+            str(code),
+            detail=message,
+            usage=extra.get("usage"),
+            request=request,
+            log_prompts=intake.cfg.logging.log_prompts,
+        )
 
 
 class Intake:

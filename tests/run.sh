@@ -7,6 +7,10 @@ deploy/bootstrap.sh --test
 venv="${EDGELLM_VENV:-.venv}"
 "$venv/bin/edgellm" model fetch smollm2-135m
 "$venv/bin/edgellm" model fetch gemma3-270m
+# Lint first: a style or type error fails fast, before minutes of tests.
+"$venv/bin/ruff" check daemon tests bench
+"$venv/bin/ruff" format --check daemon tests bench
+"$venv/bin/mypy" daemon
 # With the model fetched, a test that needs it must run, never skip.
 export EDGELLM_REQUIRE_MODEL=1
 exec "$venv/bin/python" -m pytest "$@"

@@ -85,7 +85,7 @@ class Generation:
             return None
         self._seed()
         # What the prompt costs: the tokens not already in the KV cache (for admission estimates).
-        fresh = len(tokens) - common_prefix(self._llm.input_ids[: self._llm.n_tokens], tokens)
+        fresh = len(tokens) - common_prefix(llama_compat.cached_tokens(self._llm), tokens)
         gen_at = self._clock()
         outcome = self._loop(tokens, max_new)
         usage = {"prompt_tokens": len(tokens), "completion_tokens": self._n_out}

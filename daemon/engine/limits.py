@@ -27,12 +27,17 @@ class LiveLimits:
         self.threads = 0
         self.n_ctx = 0
 
-    def apply_threads(self, llm: Any) -> None:
-        want = self.want_threads
+    def _claim(self, wanted: str, current: int) -> int | None:
+        """Take the value asked for under `wanted` (clearing it); None if none or no change."""
+        want = getattr(self, wanted)
         if want is None:
-            return
-        self.want_threads = None
-        if want == self.threads:
+            return None
+        setattr(self, wanted, None)
+        return None if want == current else int(want)
+
+    def apply_threads(self, llm: Any) -> None:
+        want = self._claim("want_threads", self.threads)
+        if want is None:
             return
         t0 = time.perf_counter()
         llama_compat.set_threads(llm, want)
@@ -45,11 +50,8 @@ class LiveLimits:
         self.threads = want
 
     def apply_ctx(self, llm: Any, warm_up: Callable[[], float]) -> None:
-        want = self.want_ctx
+        want = self._claim("want_ctx", self.n_ctx)
         if want is None:
-            return
-        self.want_ctx = None
-        if want == self.n_ctx:
             return
         t0 = time.perf_counter()
         llama_compat.rebuild_context(llm, want)

@@ -47,14 +47,15 @@ def load(
     )
     llama_compat.check_internals(llm)
     template = mcfg.chat_template or llm.metadata.get("tokenizer.chat_template")
+    threads, threads_batch = llama_compat.thread_counts(llm)
     info = ModelInfo(
         name=name,
         path=str(path),
         size_bytes=path.stat().st_size,
         n_ctx=llm.n_ctx(),
         n_ctx_train=llama_compat.n_ctx_train(llm),
-        n_threads=llm.context_params.n_threads,
-        n_threads_batch=llm.context_params.n_threads_batch,
+        n_threads=threads,
+        n_threads_batch=threads_batch,
         chat=template is not None,
         metadata=dict(llm.metadata),
     )

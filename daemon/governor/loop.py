@@ -124,6 +124,8 @@ class Steering:
         self.gcfg = boards.resolve(
             cfg.governor, boards.detect(cfg.monitor.sysfs_root), n_ctx=cfg.model.n_ctx
         )
+        # The floor is the facts' too (set at start): lowering it must lower both.
+        self.facts = replace(self.facts, min_threads=self.gcfg.min_threads)
 
     def start(self) -> None:
         self._thread.start()
