@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from daemon import cpus
 from tests.helpers import Broker, Client, Daemon, free_port  # noqa: F401  (re-exported)
 
 
@@ -23,9 +24,7 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    return f"{cpu}, {cpus.usable()} CPUs, Python {platform.python_version()}"
 
 
 def workdir() -> Path:

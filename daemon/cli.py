@@ -79,15 +79,21 @@ def _add_ask(sub: Any) -> None:
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
 
 
+_SIMULATE_TEXT = (
+    "Runs the governor's policy on a virtual clock against a recorded sensor trace (CSV or JSON "
+    "lines) or the thermal model (monitor.sim in the config), under a repeating busy/idle load, "
+    "and draws temperature, threads, context length and tokens/s over time."
+)
+_DOCTOR_TEXT = (
+    "Loads the configured model in a child process and decodes a few tokens, with and (if that "
+    "dies) without weight repacking; prints and remembers the verdict that `serve` uses. A "
+    "remembered verdict is printed without probing unless --reprobe."
+)
+
+
 def _add_simulate(sub: Any) -> None:
-    sim = sub.add_parser(
-        "simulate",
-        help="run the governor against a trace or the thermal model and draw a PNG",
-        description="Runs the governor's policy on a virtual clock against a recorded sensor "
-        "trace (CSV or JSON lines) or the thermal model (monitor.sim in the config), under a "
-        "repeating busy/idle load, and draws temperature, threads, context length and "
-        "tokens/s over time.",
-    )
+    text = "run the governor against a trace or the thermal model and draw a PNG"
+    sim = sub.add_parser("simulate", help=text, description=_SIMULATE_TEXT)
     sim.add_argument("-c", "--config", type=Path, help="config.yaml (governor and monitor)")
     sim.add_argument("--trace", type=Path, help="replay this trace instead of the thermal model")
     sim.add_argument("--duration", type=float, default=900.0, help="simulated seconds (900)")
@@ -99,13 +105,8 @@ def _add_simulate(sub: Any) -> None:
 
 
 def _add_doctor(sub: Any) -> None:
-    doctor = sub.add_parser(
-        "doctor",
-        help="check that llama.cpp runs on this CPU (probe once, remember the verdict)",
-        description="Loads the configured model in a child process and decodes a few tokens, "
-        "with and (if that dies) without weight repacking; prints and remembers the verdict "
-        "that `serve` uses. A remembered verdict is printed without probing unless --reprobe.",
-    )
+    text = "check that llama.cpp runs on this CPU (probe once, remember the verdict)"
+    doctor = sub.add_parser("doctor", help=text, description=_DOCTOR_TEXT)
     doctor.add_argument("-c", "--config", type=Path, help="config.yaml (model.*)")
     doctor.add_argument("--reprobe", action="store_true", help="forget the verdict, probe again")
 
