@@ -191,7 +191,8 @@ def test_the_output_is_the_text_up_to_the_first_term(text, cuts):
 
 @given(st.text(max_size=40), st.lists(st.integers(0, 40)))
 def test_text_without_a_term_comes_through_unchanged(text, cuts):
-    text = text.replace("q", "")
+    # The filter matches case-insensitively (casefold): drop every character that folds to "q".
+    text = "".join(c for c in text if "q" not in c.casefold())
     f = TermFilter(["q"])
     out = "".join(f.feed(p) for p in pieces(text, cuts))
     assert out + f.flush() == text
