@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -21,6 +20,7 @@ import psutil
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon import cpus
 from tests.helpers import Broker, Client, Daemon, free_port, nodelay  # noqa: F401  (re-exported)
 
 
@@ -34,7 +34,7 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    return f"{cpu}, {cpus.usable()} CPUs, Python {platform.python_version()}"
 
 
 def workdir() -> Path:

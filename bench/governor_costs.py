@@ -16,7 +16,7 @@ import structlog
 from bench.common import report
 from daemon import config, models
 from daemon.engine import Engine
-from daemon.governor import kv_bytes_per_token
+from daemon.governor.policy import kv_bytes_per_token
 from tests.test_engine_limits import submit
 
 CFG = config.load(None)

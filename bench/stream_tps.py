@@ -24,8 +24,8 @@ PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 
 
 def in_process(path: str, threads: int, max_tokens: int, runs: int) -> list[float]:
-    from daemon import cpuprobe
-    from daemon.llama_compat import load_llama
+    from daemon.engine import cpuprobe
+    from daemon.engine.llama_compat import load_llama
 
     # The same weight layout the daemon runs with on this CPU (repacking may die here).
     repack = cpuprobe.decide("auto", Path(path)).repack

@@ -9,9 +9,8 @@ import json
 import statistics
 import uuid
 
-import psutil
-
 from bench.common import Broker, Client, Daemon, free_port, report, workdir
+from daemon import cpus
 
 PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 
@@ -45,7 +44,7 @@ def main() -> None:
     broker = Broker(free_port(), tmp).start()
     try:
         fixed = {}
-        for n in range(1, (psutil.cpu_count() or 1) + 1):
+        for n in range(1, cpus.usable() + 1):
             fixed[n], _ = measure(
                 broker, tmp, {"model": {"n_threads": n}, "governor": {"enabled": False}}, args.runs
             )

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import json
 import signal
 import sys
-import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--model", help="model to serve (overrides model.name)")
 
+    _add_ask(sub)
+    _add_simulate(sub)
+    _add_doctor(sub)
+
+    check = sub.add_parser("check-config", help="validate a config file and print it")
+    check.add_argument("path", type=Path, nargs="?", help="config.yaml (default: embedded)")
+    _add_model(sub)
+    return parser
+
+
+def _add_ask(sub: Any) -> None:
     ask = sub.add_parser("ask", help="send a prompt to a node and print the reply")
     _common(ask)
     ask.add_argument("prompt", help="the prompt text ('-' reads standard input)")
@@ -70,14 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print each reply message as JSON")
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
 
-    sim = sub.add_parser(
-        "simulate",
-        help="run the governor against a trace or the thermal model and draw a PNG",
-        description="Runs the governor's policy on a virtual clock against a recorded sensor "
-        "trace (CSV or JSON lines) or the thermal model (monitor.sim in the config), under a "
-        "repeating busy/idle load, and draws temperature, threads, context length and "
-        "tokens/s over time.",
-    )
+
+_SIMULATE_TEXT = (
+    "Runs the governor's policy on a virtual clock against a recorded sensor trace (CSV or JSON "
+    "lines) or the thermal model (monitor.sim in the config), under a repeating busy/idle load, "
+    "and draws temperature, threads, context length and tokens/s over time."
+)
+_DOCTOR_TEXT = (
+    "Loads the configured model in a child process and decodes a few tokens, with and (if that "
+    "dies) without weight repacking; prints and remembers the verdict that `serve` uses. A "
+    "remembered verdict is printed without probing unless --reprobe."
+)
+
+
+def _add_simulate(sub: Any) -> None:
+    text = "run the governor against a trace or the thermal model and draw a PNG"
+    sim = sub.add_parser("simulate", help=text, description=_SIMULATE_TEXT)
     sim.add_argument("-c", "--config", type=Path, help="config.yaml (governor and monitor)")
     sim.add_argument("--trace", type=Path, help="replay this trace instead of the thermal model")
     sim.add_argument("--duration", type=float, default=900.0, help="simulated seconds (900)")
@@ -87,19 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, default=Path("edgellm-simulation.png"))
     sim.add_argument("--csv", type=Path, help="also write every step as CSV")
 
-    doctor = sub.add_parser(
-        "doctor",
-        help="check that llama.cpp runs on this CPU (probe once, remember the verdict)",
-        description="Loads the configured model in a child process and decodes a few tokens, "
-        "with and (if that dies) without weight repacking; prints and remembers the verdict "
-        "that `serve` uses. A remembered verdict is printed without probing unless --reprobe.",
-    )
+
+def _add_doctor(sub: Any) -> None:
+    text = "check that llama.cpp runs on this CPU (probe once, remember the verdict)"
+    doctor = sub.add_parser("doctor", help=text, description=_DOCTOR_TEXT)
     doctor.add_argument("-c", "--config", type=Path, help="config.yaml (model.*)")
     doctor.add_argument("--reprobe", action="store_true", help="forget the verdict, probe again")
 
-    check = sub.add_parser("check-config", help="validate a config file and print it")
-    check.add_argument("path", type=Path, nargs="?", help="config.yaml (default: embedded)")
 
+def _add_model(sub: Any) -> None:
     model = sub.add_parser("model", help="list, fetch, locate or verify models")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     for name, text in (
@@ -120,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "fetch":
             p.add_argument("--force", action="store_true", help="download again")
-    return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -172,108 +183,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    from daemon.config import mqtt_password
-    from daemon.messages import new_id
-    from daemon.topics import Topics
-    from daemon.transport import make_client
+    from daemon.frontends.client import AskClient, AskOptions
 
     cfg = _load_config(args)
-    topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    rid = new_id()
-    reply_topic = topics.response_for(cfg.mqtt.username, rid)
-    body: dict[str, Any] = {"id": rid, "prompt": prompt}
-    body["stream"] = False if args.no_stream else ("sentences" if args.sentences else True)
-    for key in ("system", "max_tokens", "temperature", "seed", "stop"):
-        if getattr(args, key) is not None:
-            body[key] = getattr(args, key)
-    if args.v311:
-        body["reply_to"] = reply_topic
-
-    client = make_client(
-        cfg.mqtt, f"edgellm-ask-{uuid.uuid4().hex[:8]}", mqtt_password(cfg.mqtt), v5=not args.v311
+    stream = False if args.no_stream else ("sentences" if args.sentences else True)
+    fields = {
+        key: getattr(args, key)
+        for key in ("system", "max_tokens", "temperature", "seed", "stop")
+        if getattr(args, key) is not None
+    }
+    opts = AskOptions(
+        stream=stream,
+        sentences=args.sentences,
+        json_out=args.json,
+        v311=args.v311,
+        timeout_s=args.timeout,
     )
-    finished = threading.Event()
-    result = {"code": 1}
-    correlation = uuid.uuid4().bytes
-
-    def on_connect(c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            print(f"edgellm: broker refused the connection: {rc}", file=sys.stderr)
-            finished.set()
-            return
-        c.subscribe(reply_topic, qos=1)
-
-    def on_subscribe(c: Any, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
-        props = None
-        if not args.v311:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = reply_topic
-            props.CorrelationData = correlation
-        # With a user name, the per-user request topic: the LAN broker's ACL binds it to that
-        # user (its rate limit and allow-list entry); anonymous clients use the plain topic.
-        request_topic = (
-            topics.client_request(cfg.mqtt.username) if cfg.mqtt.username else topics.request
-        )
-        c.publish(request_topic, json.dumps(body), qos=1, properties=props)
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        try:
-            reply = json.loads(msg.payload)
-        except ValueError:
-            return
-        if args.json:
-            print(json.dumps(reply, ensure_ascii=False), flush=True)
-        kind = reply.get("type")
-        if kind == "delta" and not args.json:
-            end = "\n" if args.sentences else ""
-            print(reply.get("text", ""), end=end, flush=True)
-        elif kind == "done":
-            if not args.json:
-                if body["stream"] is False:
-                    print(reply.get("text", ""), end="")
-                if not args.sentences:
-                    print(flush=True)
-            result["code"] = 0
-            finished.set()
-        elif kind == "error":
-            print(f"edgellm: {reply.get('code')}: {reply.get('message')}", file=sys.stderr)
-            finished.set()
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    try:
-        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive_s)
-    except OSError as err:
-        print(
-            f"edgellm: cannot reach the broker at {cfg.mqtt.host}:{cfg.mqtt.port}: {err}",
-            file=sys.stderr,
-        )
-        return 1
-    client.loop_start()
-    if not finished.wait(args.timeout):
-        print(
-            f"edgellm: no reply within {args.timeout:.0f} s (is a node serving {topics.request}?)",
-            file=sys.stderr,
-        )
-        result["code"] = 1
-        cancel = topics.client_cancel(cfg.mqtt.username) if cfg.mqtt.username else topics.cancel
-        client.publish(cancel, json.dumps({"id": rid}), qos=1).wait_for_publish(2)
-    client.disconnect()
-    client.loop_stop()
-    return result["code"]
+    return AskClient(cfg, prompt, fields, opts).run()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     import csv
     import dataclasses
 
-    from daemon import boards, config
-    from daemon.simulate import Workload, draw, simulate
+    from daemon import config
+    from daemon.governor import boards
+    from daemon.governor.simulate import Workload, draw, simulate
 
     cfg = config.load(args.config)
     rows = simulate(
@@ -303,8 +239,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from daemon import cpuprobe, logsetup, models
-    from daemon.llama_compat import TESTED_VERSIONS
+    from daemon import logsetup, models
+    from daemon.engine import cpuprobe
+    from daemon.engine.llama_compat import TESTED_VERSIONS
 
     cfg = config_load(args.config)
     logsetup.configure("warning", "console")

@@ -7,21 +7,54 @@ from typing import Any
 
 from daemon.config import Config
 
-# Keys that take effect without a restart. Everything else (broker, topics, node id, the model
-# file and its load-time settings) is kept as it was and reported.
-LIVE = (
-    "generation.",
-    "limits.",
-    "logging.",
-    "governor.",
-    "policy.clients_allowed",
-    "policy.reply_topics",
-    "policy.system_prompt",
-    "policy.blocked_terms",
-    "policy.rate_limit.",
-    "mqtt.reply_qos",
-    "model.n_threads",
-    "model.n_ctx",
+# Keys that take effect without a restart, each named exactly (tests/test_reload.py proves each
+# one changes what the daemon does). Everything else (broker, topics, node id, the model file and
+# its load-time settings, monitor.*, governor.enabled and governor.thread_sweep, which are read
+# once at start) is kept as it was and reported. A key added to the config is a restart key
+# until it is listed here with its test.
+LIVE = frozenset(
+    {
+        "generation.max_tokens",
+        "generation.temperature",
+        "generation.top_p",
+        "generation.top_k",
+        "generation.repeat_penalty",
+        "generation.system",
+        "limits.max_payload_bytes",
+        "limits.max_tokens",
+        "limits.max_messages",
+        "limits.max_stop",
+        "limits.queue_size",
+        "limits.request_timeout_s",
+        "limits.shutdown_grace_s",
+        "limits.dedupe_window_s",
+        "logging.level",
+        "logging.format",
+        "logging.log_prompts",
+        "governor.soft_temp_c",
+        "governor.hard_temp_c",
+        "governor.temp_band_c",
+        "governor.hysteresis_c",
+        "governor.hysteresis_s",
+        "governor.min_threads",
+        "governor.max_threads",
+        "governor.ctx_min",
+        "governor.ctx_max",
+        "governor.ctx_hold_s",
+        "governor.mem_margin_mb",
+        "governor.critical_mb",
+        "governor.telemetry_interval_s",
+        "policy.clients_allowed",
+        "policy.reply_topics",
+        "policy.system_prompt",
+        "policy.blocked_terms",
+        "policy.rate_limit.requests_per_min",
+        "policy.rate_limit.burst",
+        "policy.rate_limit.tokens_per_min",
+        "mqtt.reply_qos",
+        "model.n_threads",
+        "model.n_ctx",
+    }
 )
 
 
@@ -60,7 +93,7 @@ def plan_reload(current: Config, new: Config) -> ReloadPlan:
     for key in sorted(set(old_flat) | set(new_flat)):
         if old_flat.get(key) == new_flat.get(key):
             continue
-        if key.startswith(LIVE):
+        if key in LIVE:
             _set(merged, key, new_flat[key])
             applied.append(key)
         else:

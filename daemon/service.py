@@ -11,46 +11,20 @@ from typing import Any
 
 import structlog
 
-from daemon import __version__, config, cpuprobe, logsetup, models
+from daemon import __version__, config, logsetup, models
 from daemon.config import Config, mqtt_password
-from daemon.dedupe import Key, RecentRequests
-from daemon.engine import (
-    DuplicateId,
-    Engine,
-    EngineError,
-    ModelInfo,
-    WouldMissDeadline,
-    default_threads,
-)
-from daemon.jobs import Job, QueueFull
-from daemon.messages import (
-    Done,
-    ErrorCode,
-    Incoming,
-    Rejection,
-    ReplyAddress,
-    Request,
-    delta_payload,
-    done_payload,
-    error_payload,
-    parse_cancel,
-    parse_request,
-    status_payload,
-    telemetry_payload,
-)
-from daemon.monitor import make_sensors
-from daemon.policy import client_allowed, load_classifier, reply_topic_allowed
-from daemon.ratelimit import RateLimiter
+from daemon.engine import Engine, EngineError, ModelInfo, cpuprobe, default_threads
+from daemon.frontends.mqtt import MqttFrontDoor, Transport
+from daemon.frontends.mqtt_messages import status_payload, telemetry_payload
+from daemon.frontends.topics import Topics
+from daemon.governor.loop import Steering
+from daemon.governor.sources import make_sensors
+from daemon.intake import Intake
 from daemon.reload import plan_reload
+from daemon.safeguards.policy import load_classifier
 from daemon.sdnotify import Notifier, worker_alive
-from daemon.steering import Steering
-from daemon.topics import Topics
-from daemon.transport import Transport
 
 log = structlog.get_logger(__name__)
-
-# An error reply for a request that never ran says so (the protocol promises text and usage).
-_NOTHING = {"usage": {"prompt_tokens": 0, "completion_tokens": 0}, "text": ""}
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -60,74 +34,6 @@ EXIT_MQTT = 4
 EXIT_CPU = 5
 # The inference worker failed and could not recover: systemd restarts a fresh process.
 EXIT_ENGINE = 6
-
-
-class MqttSink:
-    """Publishes a job's replies to its reply address and writes the one log line per request.
-
-    The terminal reply is also remembered for duplicates of the request (dedupe) and its
-    generated tokens are charged to the client's rate limit.
-    """
-
-    def __init__(self, service: Service, key: Key):
-        assert service.transport is not None
-        self._transport = service.transport
-        self._qos = service.cfg.mqtt.reply_qos
-        self._log_prompts = service.cfg.logging.log_prompts
-        self._counters = service.counters
-        self._recent = service.recent
-        self._limiter = service.limiter
-        self._key = key
-
-    def _send(self, req: Request, payload: bytes) -> None:
-        self._transport.publish(req.reply.topic, payload, self._qos, req.reply.correlation)
-
-    def delta(self, request: Request, seq: int, text: str) -> None:
-        self._send(request, delta_payload(request.id, seq, text))
-
-    def done(self, request: Request, done: Done) -> None:
-        payload = done_payload(request.id, done)
-        self._send(request, payload)
-        self._recent.finish(self._key, payload)
-        self._limiter.charge_tokens(request.client, done.usage.completion_tokens)
-        self._counters["done"] += 1
-        fields: dict[str, Any] = {
-            "id": request.id,
-            "client": request.client,
-            "outcome": "done",
-            "finish": done.finish_reason,
-            "prompt_tokens": done.usage.prompt_tokens,
-            "completion_tokens": done.usage.completion_tokens,
-            "queue_ms": round(done.timings.queue_ms, 1),
-            "ttft_ms": round(done.timings.ttft_ms, 1),
-            "total_ms": round(done.timings.total_ms, 1),
-            "tokens_per_s": round(done.timings.tokens_per_s, 1),
-            "stream": str(request.stream),
-        }
-        if self._log_prompts:
-            fields["prompt"] = request.prompt or [m.content for m in request.messages or ()]
-            fields["reply"] = done.text
-        log.info("request", **fields)
-
-    def error(self, request: Request, code: ErrorCode, message: str, extra: dict) -> None:
-        payload = error_payload(request.id, code, message, extra)
-        self._send(request, payload)
-        if code in (ErrorCode.BUSY, ErrorCode.RATE_LIMITED):
-            self._recent.forget(self._key)  # not run: a retry must be able to run
-        else:
-            self._recent.finish(self._key, payload)
-        usage = extra.get("usage") or {}
-        if usage.get("completion_tokens"):
-            self._limiter.charge_tokens(request.client, usage["completion_tokens"])
-        self._counters[str(code)] += 1
-        log.info(
-            "request",
-            id=request.id,
-            client=request.client,
-            outcome=str(code),
-            detail=message,
-            **{k: v for k, v in extra.items() if k == "usage"},
-        )
 
 
 class Service:
@@ -158,10 +64,9 @@ class Service:
         self.transport: Transport | None = None
         self.info: ModelInfo | None = None
         self.steering: Steering | None = None
-        self._accepting = False
+        self.intake: Intake | None = None
+        self.door: MqttFrontDoor | None = None
         self.verdict: cpuprobe.Verdict | None = None
-        self.recent = RecentRequests(cfg.limits.dedupe_window_s)
-        self.limiter = RateLimiter(cfg.policy.rate_limit)
 
     def status_details(self) -> dict[str, Any]:
         info = self.info
@@ -183,9 +88,18 @@ class Service:
         details["request_topic"] = self.topics.request
         return details
 
-    def _reply_filters(self) -> list[str]:
-        """Where replies may go: this node's reply tree, plus what policy.reply_topics adds."""
-        return [self.topics.replies, *(self.cfg.policy.reply_topics or [])]
+    def _status(self, state: str, reason: str | None = None) -> bytes:
+        """The retained status payload: `online` with the details, `offline` with a reason."""
+        if state == "online":
+            return status_payload(state, self.status_details())
+        details: dict[str, Any] = {"node_id": self.cfg.node_id}
+        if reason is not None:
+            details["reason"] = reason
+        return status_payload(state, details)
+
+    def _memory_ok(self) -> bool:
+        """The governor's memory admission (always True without a governor)."""
+        return self.steering is None or self.steering.admit
 
     def _decide_repack(self, path: Path) -> cpuprobe.Verdict:
         """Weight repacking on or off, probing this CPU once (see daemon/cpuprobe.py)."""
@@ -203,6 +117,16 @@ class Service:
     def run(self) -> int:
         """Start, serve until stop_event is set, shut down in order; return the exit code."""
         t0 = time.monotonic()
+        code = self._start()
+        if code is not None:
+            return code
+        code, offline = self._serve(t0)
+        self.notifier.stopping("shutting down")
+        self.shutdown(offline)
+        return code
+
+    def _start(self) -> int | None:
+        """Build and start the parts in order; an exit code when one cannot start."""
         try:
             path = self._model_path or models.locate(self.cfg.model.name, self.cfg.model.dir)
         except models.ModelError as err:
@@ -227,24 +151,15 @@ class Service:
             policy=self.cfg.policy,
             classifier=classifier,
         )
-        # Connect while the model loads: both take a moment and neither needs the other.
-        self.transport = Transport(
-            self.cfg.mqtt,
-            self.topics,
-            self.cfg.mqtt.client_id or f"edgellm-{self.cfg.node_id}",
-            mqtt_password(self.cfg.mqtt),
-            on_request=self._on_request,
-            on_cancel=self._on_cancel,
-            offline_payload=status_payload("offline", {"node_id": self.cfg.node_id}),
-        )
-        self.transport.start()
+        self.intake = Intake(self.cfg, self.engine, self.counters, self._memory_ok)
+        transport = self._connect(self.intake)
         self.notifier.status("loading model")
         gov = self.cfg.governor
         try:
             self.info = self.engine.start(sweep_threads=gov.enabled and gov.thread_sweep)
         except EngineError as err:
             log.error("model_load_failed", error=str(err))
-            self.transport.stop()
+            transport.stop()
             return EXIT_MODEL
         if gov.enabled:
             sensors = make_sensors(self.cfg.monitor)
@@ -252,27 +167,42 @@ class Service:
                 self.cfg, self.engine, self.info, sensors, self._publish_telemetry
             )
             self.steering.start()
-        self._accepting = True
-        self.transport.set_status(status_payload("online", self.status_details()))
+        self.intake.accepting = True
+        transport.set_status(self._status("online"))
         self.notifier.status("connecting to the broker")
-        code = EXIT_OK
+        return None
+
+    def _connect(self, intake: Intake) -> Transport:
+        """The MQTT front door, connecting in the background (while the model loads: both take
+        a moment and neither needs the other)."""
+        self.door = MqttFrontDoor(self.cfg, self.topics, intake, self.counters)
+        self.transport = Transport(
+            self.cfg.mqtt,
+            self.topics,
+            self.cfg.mqtt.client_id or f"edgellm-{self.cfg.node_id}",
+            mqtt_password(self.cfg.mqtt),
+            on_request=self.door.on_request,
+            on_cancel=self.door.on_cancel,
+            offline_payload=self._status("offline"),
+        )
+        self.door.transport = self.transport
+        self.transport.start()
+        return self.transport
+
+    def _serve(self, t0: float) -> tuple[int, bytes | None]:
+        """The main loop until stopped: the exit code, and the offline status to leave."""
+        assert self.engine is not None and self.transport is not None
         ready = False
         sweep_published = None
         last_ping = 0.0
-        offline: bytes | None = None
         while not self.stop_event.wait(0.1):
             now = time.monotonic()
             if self.transport.fatal_event.is_set():
                 log.error("mqtt_fatal", error=self.transport.fatal)
-                code = EXIT_MQTT
-                break
+                return EXIT_MQTT, None
             if self.engine.failed.is_set():
                 # Never a dead worker behind an `online` status: say why, exit, get restarted.
-                code = EXIT_ENGINE
-                offline = status_payload(
-                    "offline", {"node_id": self.cfg.node_id, "reason": self.engine.failure}
-                )
-                break
+                return EXIT_ENGINE, self._status("offline", self.engine.failure)
             self.engine.expire_waiting()
             if not ready and self.transport.ready.is_set():
                 # READY only once the model is loaded and the request topic is subscribed.
@@ -285,22 +215,24 @@ class Service:
                 )
             if self.engine.sweep is not sweep_published:
                 sweep_published = self.engine.sweep
-                self.transport.set_status(status_payload("online", self.status_details()))
-            while self._signals:
-                signalled = self._signals.popleft()
-                if signalled == "stop":
-                    self.stop_event.set()
-                elif signalled == "reload":
-                    self.reload()
-                elif signalled == "sweep":
-                    self.engine.request_sweep()
+                self.transport.set_status(self._status("online"))
+            self._take_signals()
             interval = self.notifier.watchdog_interval_s
             if interval is not None and now - last_ping >= interval:
                 last_ping = now
                 self._watchdog(now, 2 * interval)
-        self.notifier.stopping("shutting down")
-        self.shutdown(offline)
-        return code
+        return EXIT_OK, None
+
+    def _take_signals(self) -> None:
+        assert self.engine is not None
+        while self._signals:
+            signalled = self._signals.popleft()
+            if signalled == "stop":
+                self.stop_event.set()
+            elif signalled == "reload":
+                self.reload()
+            elif signalled == "sweep":
+                self.engine.request_sweep()
 
     def _status_line(self) -> str:
         assert self.engine is not None
@@ -349,8 +281,9 @@ class Service:
         if any(k.startswith("logging.") for k in plan.applied):
             logsetup.configure(self.cfg.logging.level, self.cfg.logging.format)
         self.engine.update_settings(self.cfg.generation, self.cfg.limits, self.cfg.policy)
-        self.limiter.reconfigure(self.cfg.policy.rate_limit)
-        self.recent.window_s = self.cfg.limits.dedupe_window_s
+        assert self.intake is not None and self.door is not None
+        self.intake.reconfigure(self.cfg)
+        self.door.cfg = self.cfg
         if self.steering is not None:
             self.steering.reconfigure(self.cfg)
         if "model.n_threads" in plan.applied or "model.n_ctx" in plan.applied:
@@ -358,7 +291,7 @@ class Service:
                 threads=self.cfg.model.n_threads or default_threads(), n_ctx=self.cfg.model.n_ctx
             )
         log.info("reloaded", applied=list(plan.applied), needs_restart=list(plan.needs_restart))
-        self.transport.set_status(status_payload("online", self.status_details()))
+        self.transport.set_status(self._status("online"))
         restart = (
             f"; restart needed for {', '.join(plan.needs_restart)}" if plan.needs_restart else ""
         )
@@ -367,7 +300,8 @@ class Service:
     def shutdown(self, offline: bytes | None = None) -> None:
         """Stop taking requests, finish or cancel the current one, go offline, disconnect."""
         log.info("shutdown_begin")
-        self._accepting = False
+        if self.intake is not None:
+            self.intake.accepting = False
         if self.steering is not None:
             self.steering.stop()
         if self.engine is not None:
@@ -377,131 +311,6 @@ class Service:
             self.transport.stop(offline=offline)
         log.info("shutdown_done", **dict(self.counters))
 
-    # -- transport callbacks (paho's network thread): parse and queue, never block ----------------
-
-    def _on_request(self, msg: Incoming) -> None:
-        assert self.engine is not None and self.transport is not None
-        parsed = parse_request(msg, self.topics, self.cfg.limits)
-        if isinstance(parsed, Rejection):
-            self._reject(parsed)
-            return
-        req = parsed
-        if not reply_topic_allowed(self._reply_filters(), req.reply.topic):
-            # The confused deputy: never publish model output onto a topic the policy does not
-            # list (another device's command topic, say), whatever the broker would allow.
-            self.counters["reply_topic_refused"] += 1
-            log.warning("reply_topic_refused", id=req.id, client=req.client)
-            self._reject(
-                Rejection(
-                    ErrorCode.BAD_REQUEST,
-                    "reply topic not allowed by this node's policy: use "
-                    f"{self.topics.replies.removesuffix('#')}...",
-                    req.id,
-                    ReplyAddress(
-                        self.topics.response_for(req.client, req.id), req.reply.correlation
-                    ),
-                )
-            )
-            return
-        if not client_allowed(self.cfg.policy.clients_allowed, req.client):
-            self._reject(
-                Rejection(ErrorCode.POLICY, "this client may not ask this node", req.id, req.reply)
-            )
-            return
-        key = (req.client, req.id)
-        seen = self.recent.check(key)
-        if seen is not None:
-            self.counters["duplicate"] += 1
-            if seen.payload is not None:
-                # Finished: the same terminal reply again, to this copy's address.
-                self.transport.publish(
-                    req.reply.topic, seen.payload, self.cfg.mqtt.reply_qos, req.reply.correlation
-                )
-            log.info("request_duplicate", id=req.id, client=req.client, finished=bool(seen.payload))
-            return
-        job = Job(req, MqttSink(self, key))
-        self.recent.begin(key)
-        self._admit(job)
-
-    def _admit(self, job: Job) -> None:
-        """Queue an accepted job, or answer why not (every path ends in one terminal reply)."""
-        assert self.engine is not None
-        req = job.request
-        if not self._accepting:
-            job.finish_error(ErrorCode.BUSY, "the daemon is not accepting requests right now")
-            return
-        retry_after = self.limiter.admit(req.client)
-        if retry_after is not None:
-            job.finish_error(
-                ErrorCode.RATE_LIMITED,
-                "too many requests from this client; slow down",
-                {"retry_after_s": round(retry_after, 2)},
-            )
-            return
-        if self.steering is not None and not self.steering.admit:
-            # Refuse before the kernel's OOM killer decides for us.
-            job.finish_error(
-                ErrorCode.BUSY, "memory is critically low; try again later", {"reason": "memory"}
-            )
-            return
-        try:
-            self.engine.submit(job)
-        except QueueFull:
-            job.finish_error(
-                ErrorCode.BUSY,
-                f"queue is full ({self.cfg.limits.queue_size} waiting); try again later",
-                {"queue_depth": self.engine.queue_depth},
-            )
-        except WouldMissDeadline as err:
-            job.finish_error(
-                ErrorCode.TIMEOUT,
-                f"would not finish before its deadline (estimated wait {err.wait_s:.1f} s)",
-                {"estimated_wait_s": round(err.wait_s, 2), **_NOTHING},
-            )
-        except DuplicateId:
-            # Another client's request holds this id: not this job's reply to give.
-            self.recent.forget((req.client, req.id))
-            self._reject(
-                Rejection(
-                    ErrorCode.BAD_REQUEST,
-                    "a request with this id is already queued or running",
-                    req.id,
-                    req.reply,
-                )
-            )
-
     def _publish_telemetry(self, body: dict[str, Any]) -> None:
         assert self.transport is not None
         self.transport.publish(self.topics.telemetry, telemetry_payload(body), qos=0)
-
-    def _reject(self, rej: Rejection) -> None:
-        assert self.transport is not None
-        self.counters[f"rejected_{rej.code}"] += 1
-        reply = rej.reply
-        if reply is not None and not reply_topic_allowed(self._reply_filters(), reply.topic):
-            self.counters["reply_topic_refused"] += 1
-            log.warning("reply_topic_refused", id=rej.id)
-            default = self.topics.response_for(rej.client, rej.id) if rej.id else None
-            reply = ReplyAddress(default, reply.correlation) if default else None
-        if reply is None:
-            # Nowhere to answer: log and count, never guess a topic.
-            log.warning("request_rejected_unanswerable", code=str(rej.code), detail=rej.message)
-            return
-        self.transport.publish(
-            reply.topic,
-            error_payload(rej.id, rej.code, rej.message),
-            self.cfg.mqtt.reply_qos,
-            reply.correlation,
-        )
-        log.info("request", id=rej.id, outcome=str(rej.code), detail=rej.message)
-
-    def _on_cancel(self, payload: bytes, client: str) -> None:
-        assert self.engine is not None
-        rid = parse_cancel(payload)
-        if rid is None:
-            log.warning("cancel_ignored", reason="no valid id")
-            return
-        # A client cancels only its own requests: on a LAN broker the ACL binds the cancel
-        # topic's last level to the user, so one user cannot stop another's by guessing ids.
-        found = self.engine.cancel(rid, client)
-        log.info("cancel", id=rid, client=client, found=found)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MIB = 1024 * 1024
+from daemon.governor.snapshot import MIB
 
 
 class FakeClock:

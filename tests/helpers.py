@@ -23,6 +23,8 @@ import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon import cpus
+
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
@@ -36,7 +38,7 @@ def free_port() -> int:
 
 def cores() -> int:
     """The CPUs this process may run on (a container or taskset may allow fewer than exist)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cpus.usable()
 
 
 def poll(

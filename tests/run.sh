@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/bootstrap.sh --test
 venv="${EDGELLM_VENV:-.venv}"
+# Lint first: a style or type error fails fast, before the model downloads and minutes of tests.
+"$venv/bin/ruff" check daemon tests bench
+"$venv/bin/ruff" format --check daemon tests bench
+"$venv/bin/mypy" daemon
 "$venv/bin/edgellm" model fetch smollm2-135m
 "$venv/bin/edgellm" model fetch gemma3-270m
 # With the model fetched, a test that needs it must run, never skip.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import boards
 from daemon.config import GovernorConfig
+from daemon.governor import boards
 from tests import fakesys
 
 

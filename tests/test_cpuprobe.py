@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import cpuprobe
-from daemon.cpuprobe import CpuUnsupported, Outcome, VerdictCache
+from daemon.engine import cpuprobe
+from daemon.engine.cpuprobe import CpuUnsupported, Outcome, VerdictCache
 
 
 class ScriptedProbe:

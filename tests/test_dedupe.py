@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.dedupe import RecentRequests
+from daemon.safeguards.dedupe import RecentRequests
 
 
 class Clock:

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from daemon.textstream import SentenceChunker
+from daemon.engine.textstream import SentenceChunker
 from tests.helpers import Client, Daemon, poll
 
 pytestmark = pytest.mark.model

@@ -12,9 +12,9 @@ import pytest
 
 from daemon import config
 from daemon.engine import Engine
-from daemon.jobs import Job
-from daemon.messages import Incoming, Request, parse_request
-from daemon.topics import Topics
+from daemon.frontends.mqtt_messages import Incoming, parse_request
+from daemon.frontends.topics import Topics
+from daemon.requests import Job, Request
 from tests.helpers import poll
 
 pytestmark = pytest.mark.model

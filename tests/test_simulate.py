@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from daemon import config
-from daemon.simulate import Workload, draw, simulate
+from daemon.governor.simulate import Workload, draw, simulate
 from tests.helpers import REPO
 
 DATA = Path(__file__).parent / "data"

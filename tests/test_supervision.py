@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from daemon import config, llama_compat
-from daemon.engine import Engine
-from daemon.jobs import Job, QueueFull
-from daemon.messages import Incoming, Request, parse_request
+from daemon import config
+from daemon.engine import Engine, llama_compat
+from daemon.frontends.mqtt_messages import Incoming, parse_request
+from daemon.frontends.topics import Topics
+from daemon.requests import Job, QueueFull, Request
 from daemon.sdnotify import Notifier
 from daemon.service import EXIT_ENGINE, Service
-from daemon.topics import Topics
 from tests.helpers import Broker, Client
 
 pytestmark = pytest.mark.model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.textstream import SentenceChunker, StopMatcher
+from daemon.engine.textstream import SentenceChunker, StopMatcher
 
 
 def run_stops(pieces: list[str], stops: list[str]) -> tuple[str, bool]:

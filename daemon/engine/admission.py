@@ -17,12 +17,36 @@ CHARS_PER_TOKEN = 4.0
 TEMPLATE_TOKENS = 30
 
 
+class DuplicateId(Exception):
+    """A request with this id is already waiting or running."""
+
+
+class WouldMissDeadline(Exception):
+    """By the measured speeds, the request would not start before its deadline."""
+
+    def __init__(self, wait_s: float):
+        super().__init__(f"estimated wait {wait_s:.1f} s")
+        self.wait_s = wait_s
+
+
 @dataclass(frozen=True)
 class Rates:
     """Measured prefill and decode speeds in tokens/s; None until measured."""
 
     prefill: float | None
     decode: float | None
+
+
+def updated(rates: Rates, decode: float, prefill: float | None) -> Rates:
+    """The running averages after one more generation (0 or None: not measured this time)."""
+    return Rates(
+        prefill=rates.prefill if prefill is None else _ema(rates.prefill, prefill),
+        decode=rates.decode if decode <= 0 else _ema(rates.decode, decode),
+    )
+
+
+def _ema(avg: float | None, value: float) -> float:
+    return value if avg is None else 0.7 * avg + 0.3 * value
 
 
 def prompt_chars(request: Any) -> int:
@@ -64,6 +88,6 @@ def wait_seconds(
         started = current.started_at if current.started_at is not None else now
         total += max(0.0, current.estimate_s - (now - started))
     for other in waiting:
-        if other.priority <= job.priority and other.estimate_s is not None:
+        if other.request.priority <= job.request.priority and other.estimate_s is not None:
             total += other.estimate_s
     return total

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.monitor import Clock, MemoryReader, Snapshot, ThrottleFlags
+from daemon.governor.memory import MemoryReader
+from daemon.governor.snapshot import Clock, Snapshot, ThrottleFlags
 
 
 class SimulatedSensors:

@@ -6,15 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import boards
 from daemon.config import Config
-from daemon.governor import Limits, ModelFacts, decide
-from daemon.monitor import SensorSource, Snapshot, make_sensors
-from daemon.replay import ReplaySensors
+from daemon.governor import boards
+from daemon.governor.policy import Limits, ModelFacts, decide
+from daemon.governor.replay import ReplaySensors
+from daemon.governor.snapshot import LoadAware, SensorSource, Snapshot
+from daemon.governor.sources import make_sensors
 
 # SmolLM2-135M's KV cache (f16): 30 layers x 3 KV heads x (64 + 64) x 2 bytes.
 _DEFAULT_KV_PER_TOKEN = 23040
-_DEFAULT_FILE_BYTES = 98_362_432
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,6 @@ def simulate(
     gcfg = boards.resolve(cfg.governor, profile, n_ctx=cfg.model.n_ctx)
     ceiling = start_threads or gcfg.max_threads or profile.max_threads or 4
     facts = facts or ModelFacts(
-        file_bytes=_DEFAULT_FILE_BYTES,
         kv_bytes_per_token=_DEFAULT_KV_PER_TOKEN,
         n_ctx_train=8192,
         thread_ceiling=ceiling,
@@ -86,7 +85,8 @@ def simulate(
     rows: list[Row] = []
     while clock.now <= duration_s:
         busy = workload.busy(clock.now)
-        sensors.set_load(limits.threads, busy)
+        if isinstance(sensors, LoadAware):
+            sensors.set_load(limits.threads, busy)
         snap = sensors.read()
         history = [*history[-119:], snap]
         decision = decide(history, limits, gcfg, facts, clock.now)

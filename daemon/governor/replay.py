@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from daemon.monitor import Clock, Snapshot, ThrottleFlags, hottest_cpu
+from daemon.governor.snapshot import Clock, Snapshot, ThrottleFlags, hottest_cpu
 
 _INT_FIELDS = (
     "mem_total",
@@ -36,9 +36,6 @@ class ReplaySensors:
         last_step = self._offsets[-1] - self._offsets[-2] if len(self._rows) > 1 else 0.0
         self._period = self._offsets[-1] + last_step
         self._start: float | None = None
-
-    def set_load(self, threads: int, busy: bool) -> None:
-        """A recording does not respond to the load."""
 
     def read(self) -> Snapshot:
         """The trace row for now; the clock starts at the first read, when monitoring starts."""

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import GovernorConfig
-
-MIB = 1024 * 1024
+from daemon.governor.snapshot import MIB
 
 
 @dataclass(frozen=True)

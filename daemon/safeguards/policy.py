@@ -7,7 +7,7 @@ import bisect
 import importlib
 from typing import Protocol
 
-from daemon.topics import Topics
+from daemon.frontends.topics import Topics
 
 
 def client_allowed(allowed: list[str] | None, client: str) -> bool:

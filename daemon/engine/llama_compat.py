@@ -14,7 +14,16 @@ from typing import Any
 TESTED_VERSIONS = ("0.3.36",)
 
 # What each helper below touches; check_internals() proves they are all there.
-_LLAMA_ATTRS = ("_ctx", "_model", "_batch", "_stack", "context_params", "n_batch")
+_LLAMA_ATTRS = (
+    "_ctx",
+    "_model",
+    "_batch",
+    "_stack",
+    "context_params",
+    "n_batch",
+    "input_ids",
+    "n_tokens",
+)
 _CTX_ATTRS = ("ctx", "set_n_threads", "close")
 _MODEL_ATTRS = ("vocab", "token_get_text", "n_ctx_train", "add_bos_token")
 
@@ -157,3 +166,13 @@ def context_alive(llm: Any) -> bool:
     """
     ctx = getattr(llm, "_ctx", None)
     return ctx is not None and getattr(ctx, "ctx", None) is not None
+
+
+def cached_tokens(llm: Any) -> Any:
+    """The tokens now in the KV cache (what generate() may reuse). Tested: 0.3.36."""
+    return llm.input_ids[: llm.n_tokens]
+
+
+def thread_counts(llm: Any) -> tuple[int, int]:
+    """(threads, batch threads) the context was made with. Tested: 0.3.36."""
+    return int(llm.context_params.n_threads), int(llm.context_params.n_threads_batch)

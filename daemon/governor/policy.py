@@ -7,11 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from daemon import boards
 from daemon.config import GovernorConfig
-from daemon.monitor import Snapshot
+from daemon.governor import boards
+from daemon.governor.snapshot import MIB, Snapshot
 
-MIB = 1024 * 1024
 CTX_STEP = 256  # context lengths move in these steps: finer ones buy little and cost rebuilds
 # A temperature falling at least this fast is already answering the last step down; stepping
 # again before it settles overshoots (a Pi cools with a time constant of about a minute).
@@ -52,7 +51,6 @@ class Limits:
 class ModelFacts:
     """What the policy needs to know about the loaded model and this machine's speed."""
 
-    file_bytes: int
     kv_bytes_per_token: int
     n_ctx_train: int
     thread_ceiling: int  # the fastest measured thread count (or the cores before a sweep)

@@ -9,17 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.config import LimitsConfig
-from daemon.messages import (
-    ErrorCode,
-    Incoming,
-    Rejection,
-    ReplyAddress,
-    Request,
-    StreamMode,
-    parse_cancel,
-    parse_request,
-)
-from daemon.topics import Topics
+from daemon.frontends.mqtt_messages import Incoming, parse_cancel, parse_request
+from daemon.frontends.topics import Topics
+from daemon.requests import ErrorCode, Rejection, ReplyAddress, Request, StreamMode
 
 TOPICS = Topics("edgellm", "node1")
 LIMITS = LimitsConfig()

@@ -196,7 +196,7 @@ def run_probe(
         else [
             sys.executable,
             "-m",
-            "daemon.cpuprobe",
+            "daemon.engine.cpuprobe",
             "--child",
             str(model_path),
             "--repack",
@@ -303,7 +303,7 @@ def _child(model_path: str, repack: bool) -> int:
     import faulthandler
 
     faulthandler.enable()
-    from daemon.llama_compat import load_llama
+    from daemon.engine.llama_compat import load_llama
 
     # One thread for decode and prompt alike: the kernels (and their faults) are the same at
     # any count, and llama.cpp's spinning barrier makes a many-thread step crawl while another
@@ -327,7 +327,7 @@ def _child(model_path: str, repack: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.cpuprobe")
+    parser = argparse.ArgumentParser(prog="python -m daemon.engine.cpuprobe")
     parser.add_argument("--child", required=True, metavar="MODEL")
     parser.add_argument("--repack", choices=("on", "off"), required=True)
     args = parser.parse_args(argv)

@@ -6,9 +6,8 @@ import itertools
 
 import pytest
 
-from daemon import admission
-from daemon.jobs import Job, JobQueue, QueueFull
-from daemon.messages import Priority, ReplyAddress, Request, StreamMode
+from daemon.engine import admission
+from daemon.requests import Job, JobQueue, Priority, QueueFull, ReplyAddress, Request, StreamMode
 
 _ids = itertools.count()
 

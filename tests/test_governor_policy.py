@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import boards
 from daemon.config import GovernorConfig
-from daemon.governor import (
+from daemon.governor import boards
+from daemon.governor.policy import (
     Decision,
     Limits,
     ModelFacts,
@@ -25,9 +25,9 @@ from daemon.governor import (
     largest_fitting,
     thread_bounds,
 )
-from daemon.monitor import Snapshot, ThrottleFlags
-from daemon.replay import ReplaySensors
-from daemon.thermalsim import SimulatedSensors
+from daemon.governor.replay import ReplaySensors
+from daemon.governor.snapshot import Snapshot, ThrottleFlags
+from daemon.governor.thermalsim import SimulatedSensors
 from tests.fakesys import MIB, FakeClock
 
 TRACE = Path(__file__).parent / "data" / "pi5_heatup.csv"
@@ -35,9 +35,7 @@ GIB = 1024 * MIB
 
 # A Pi 5 (soft 80, hard 85; step down at 78, back up below 73) and SmolLM2's KV size.
 CFG = boards.resolve(GovernorConfig(), boards.RASPBERRY_PI_5, n_ctx=4096)
-FACTS = ModelFacts(
-    file_bytes=98 * MIB, kv_bytes_per_token=23040, n_ctx_train=8192, thread_ceiling=4
-)
+FACTS = ModelFacts(kv_bytes_per_token=23040, n_ctx_train=8192, thread_ceiling=4)
 PLENTY = 4 * GIB
 
 
@@ -159,9 +157,7 @@ def test_memory_short_shrinks_at_once_leaving_twice_the_margin():
     assert d.limits.n_ctx == 512
     assert d.reason == "memory: headroom 150 MiB < margin 200 MiB: n_ctx 4096 -> 512"
     # A 1B-class model: 128 KiB of KV per token, 1 GiB at 8192.
-    big = ModelFacts(
-        file_bytes=GIB, kv_bytes_per_token=128 * 1024, n_ctx_train=8192, thread_ceiling=4
-    )
+    big = ModelFacts(kv_bytes_per_token=128 * 1024, n_ctx_train=8192, thread_ceiling=4)
     cfg = CFG.model_copy(update={"ctx_max": 8192})
     d = step(Limits(4, 8192), 100.0, headroom=190 * MIB, cfg=cfg, facts=big)
     # 190 + 1024 - 400 MiB leaves 814 MiB: 6512 tokens, 6400 in steps of 256.
@@ -195,7 +191,7 @@ def test_grows_only_with_room_to_spare_and_once_per_hold():
 
 
 def test_context_never_exceeds_n_ctx_train_or_ctx_max():
-    facts = ModelFacts(1, 1000, n_ctx_train=2048, thread_ceiling=4)
+    facts = ModelFacts(1000, n_ctx_train=2048, thread_ceiling=4)
     cfg = CFG.model_copy(update={"ctx_max": 8192})
     assert step(Limits(4, 1024), 100.0, headroom=8 * GIB, cfg=cfg, facts=facts).limits.n_ctx == 2048
     assert step(Limits(4, 1024), 100.0, headroom=8 * GIB).limits.n_ctx == 4096
@@ -241,7 +237,7 @@ def test_kv_bytes_per_token_from_metadata():
 
 def kv_cache_mib(capfd, path: Path, **kw) -> tuple[float, dict[str, str]]:
     """llama.cpp's KV size (all caches, as it logs them) and the model's metadata."""
-    from daemon.llama_compat import load_llama
+    from daemon.engine.llama_compat import load_llama
 
     llm = load_llama(str(path), repack=False, n_ctx=2048, n_batch=256, verbose=True, **kw)
     try:
@@ -305,7 +301,6 @@ def setups(draw) -> tuple[GovernorConfig, ModelFacts]:
         critical_mb=draw(st.integers(0, 256)),
     )
     facts = ModelFacts(
-        file_bytes=100 * MIB,
         kv_bytes_per_token=draw(st.integers(1, 512 * 1024)),
         n_ctx_train=draw(st.sampled_from([256, 2048, 8192, 32768])),
         thread_ceiling=draw(st.integers(1, 16)),

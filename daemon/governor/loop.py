@@ -11,11 +11,11 @@ from typing import Any
 
 import structlog
 
-from daemon import boards
 from daemon.config import Config, GovernorConfig
 from daemon.engine import Engine, ModelInfo
-from daemon.governor import Decision, Limits, ModelFacts, decide, kv_bytes_per_token
-from daemon.monitor import SensorSource, Snapshot
+from daemon.governor import boards
+from daemon.governor.policy import Decision, Limits, ModelFacts, decide, kv_bytes_per_token
+from daemon.governor.snapshot import LoadAware, SensorSource, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +31,6 @@ def model_facts(info: ModelInfo, engine: Engine, gcfg: GovernorConfig) -> ModelF
         kv = 0
     ceiling = engine.sweep.best if engine.sweep is not None else engine.threads
     return ModelFacts(
-        file_bytes=info.size_bytes,
         kv_bytes_per_token=kv,
         n_ctx_train=info.n_ctx_train,
         thread_ceiling=max(ceiling, gcfg.min_threads),
@@ -53,7 +52,7 @@ def telemetry(
         "threads": engine.threads,
         "n_ctx": engine.n_ctx,
         "admit": limits.admit,
-        "tokens_per_s": round(engine.tokens_per_s_avg, 1) if engine.tokens_per_s_avg else None,
+        "tokens_per_s": round(decode, 1) if (decode := engine.rates().decode) else None,
         "queue_depth": engine.queue_depth,
         "busy": engine.busy,
     }
@@ -125,6 +124,8 @@ class Steering:
         self.gcfg = boards.resolve(
             cfg.governor, boards.detect(cfg.monitor.sysfs_root), n_ctx=cfg.model.n_ctx
         )
+        # The floor is the facts' too (set at start): lowering it must lower both.
+        self.facts = replace(self.facts, min_threads=self.gcfg.min_threads)
 
     def start(self) -> None:
         self._thread.start()
@@ -153,7 +154,9 @@ class Steering:
             self.facts = replace(self.facts, thread_ceiling=max(sweep.best, self.gcfg.min_threads))
             self.limits = replace(self.limits, threads=self._engine.threads)
             self._requested = replace(self._requested, threads=self._engine.threads)
-        self._sensors.set_load(self._engine.threads, self._engine.busy)
+        if isinstance(self._sensors, LoadAware):
+            # A simulated source is heated by the daemon's own work; real sensors see it.
+            self._sensors.set_load(self._engine.threads, self._engine.busy)
         snap = self._sensors.read()
         self.history.append(snap)
         decision = decide(list(self.history), self.limits, self.gcfg, self.facts, now)

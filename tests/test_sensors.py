@@ -10,11 +10,13 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from daemon import monitor
 from daemon.config import MonitorConfig
-from daemon.monitor import Snapshot, SystemSensors, ThrottleFlags, make_sensors
-from daemon.replay import ReplaySensors
-from daemon.thermalsim import SimulatedSensors
+from daemon.governor import memory, sensors
+from daemon.governor.replay import ReplaySensors
+from daemon.governor.sensors import SystemSensors
+from daemon.governor.snapshot import Snapshot, ThrottleFlags
+from daemon.governor.sources import make_sensors
+from daemon.governor.thermalsim import SimulatedSensors
 from tests import fakesys
 from tests.fakesys import MIB, FakeClock
 
@@ -25,7 +27,8 @@ TRACE = Path(__file__).parent / "data" / "pi5_heatup.csv"
 def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
     """What the monitor logs (a fresh logger: a cached one would bypass capture_logs)."""
     with capture_logs() as captured:
-        monkeypatch.setattr(monitor, "log", structlog.get_logger(monitor.__name__))
+        for module in (memory, sensors):
+            monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
         yield captured
 
 
@@ -187,10 +190,10 @@ def test_pi5_throttle_file_found_under_another_firmware_node(tmp_path: Path):
 
 
 def test_meminfo_without_memavailable_uses_the_old_estimate():
-    info = monitor.parse_meminfo(
+    info = memory.parse_meminfo(
         "MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 20 kB\nCached: 30 kB\n"
     )
-    assert monitor.memory_fields(info)["mem_available"] == 150 * 1024
+    assert memory.memory_fields(info)["mem_available"] == 150 * 1024
 
 
 def test_this_machine_reads_without_errors_or_warning_spam(logs: list[dict]):

@@ -1,6 +1,7 @@
-"""The MQTT adapter: connect, last will, resubscribe on every connect, publish. No business logic.
+"""The MQTT front door: the connection (last will, resubscribe on every connect, publish) and
+the adapter that turns MQTT messages into intake calls and replies into MQTT payloads.
 
-Only this module imports paho.
+Only this module and frontends/client.py import paho.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +20,19 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.config import MqttConfig
-from daemon.messages import Incoming
-from daemon.topics import Topics
+from daemon.config import Config, MqttConfig
+from daemon.frontends.mqtt_messages import (
+    Incoming,
+    delta_payload,
+    done_payload,
+    error_payload,
+    parse_cancel,
+    parse_request,
+)
+from daemon.frontends.topics import Topics
+from daemon.intake import Intake, log_request
+from daemon.requests import Done, ErrorCode, Rejection, ReplyAddress, Request
+from daemon.safeguards.policy import reply_topic_allowed
 
 log = structlog.get_logger(__name__)
 
@@ -94,10 +106,6 @@ class Transport:
         self._client.on_disconnect = self._guard(self._handle_disconnect)
         self._client.on_subscribe = self._guard(self._handle_subscribe)
         self._client.on_message = self._guard(self._handle_message)
-
-    @property
-    def v5(self) -> bool:
-        return self._v5
 
     def start(self) -> None:
         """Connect in the background; paho's thread reconnects with back-off."""
@@ -216,3 +224,98 @@ class Transport:
             correlation = getattr(props, "CorrelationData", None)
             expiry = getattr(props, "MessageExpiryInterval", None)
         self._on_request(Incoming(payload, response_topic, correlation, received, expiry, client))
+
+
+class MqttFrontDoor:
+    """Parses what arrives into Requests for intake; encodes the replies as MQTT payloads.
+
+    Runs on paho's network thread: parse and queue, never block.
+    """
+
+    def __init__(self, cfg: Config, topics: Topics, intake: Intake, counters: Counter):
+        self.cfg = cfg  # replaced on a reload (reply_qos and policy.reply_topics are live)
+        self._topics = topics
+        self._intake = intake
+        self._counters = counters
+        self.transport: Transport | None = None
+
+    def _publish(self, reply: ReplyAddress, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.publish(reply.topic, payload, self.cfg.mqtt.reply_qos, reply.correlation)
+
+    def _reply_filters(self) -> list[str]:
+        """Where replies may go: this node's reply tree, plus what policy.reply_topics adds."""
+        return [self._topics.replies, *(self.cfg.policy.reply_topics or [])]
+
+    def on_request(self, msg: Incoming) -> None:
+        """A message on a request topic: parse it, check its reply topic, hand it to intake."""
+        parsed = parse_request(msg, self._topics, self.cfg.limits)
+        if isinstance(parsed, Rejection):
+            self.refuse(parsed)
+            return
+        req = parsed
+        if not reply_topic_allowed(self._reply_filters(), req.reply.topic):
+            # The confused deputy: never publish model output onto a topic the policy does not
+            # list (another device's command topic, say), whatever the broker would allow.
+            self._counters["reply_topic_refused"] += 1
+            log.warning("reply_topic_refused", id=req.id, client=req.client)
+            default = ReplyAddress(
+                self._topics.response_for(req.client, req.id), req.reply.correlation
+            )
+            self.refuse(
+                Rejection(
+                    ErrorCode.BAD_REQUEST,
+                    "reply topic not allowed by this node's policy: use "
+                    f"{self._topics.replies.removesuffix('#')}...",
+                    req.id,
+                    default,
+                )
+            )
+            return
+        self._intake.take(req, self)
+
+    def on_cancel(self, payload: bytes, client: str) -> None:
+        """A message on a cancel topic; client is the topic's last level (bound by the ACL)."""
+        rid = parse_cancel(payload)
+        if rid is None:
+            log.warning("cancel_ignored", reason="no valid id")
+            return
+        # A client cancels only its own requests: on a LAN broker the ACL binds the cancel
+        # topic's last level to the user, so one user cannot stop another's by guessing ids.
+        self._intake.cancel(rid, client)
+
+    # -- intake.Answers ------------------------------------------------------------------------
+
+    def delta(self, request: Request, seq: int, text: str) -> None:
+        self._publish(request.reply, delta_payload(request.id, seq, text))
+
+    def done(self, request: Request, done: Done) -> bytes:
+        payload = done_payload(request.id, done)
+        self._publish(request.reply, payload)
+        return payload
+
+    def error(self, request: Request, code: ErrorCode, message: str, extra: dict) -> bytes:
+        payload = error_payload(request.id, code, message, extra)
+        self._publish(request.reply, payload)
+        return payload
+
+    def again(self, request: Request, payload: bytes) -> None:
+        self._publish(request.reply, payload)
+
+    def refuse(self, rejection: Rejection) -> None:
+        self._counters[f"rejected_{rejection.code}"] += 1
+        reply = rejection.reply
+        if reply is not None and not reply_topic_allowed(self._reply_filters(), reply.topic):
+            self._counters["reply_topic_refused"] += 1
+            log.warning("reply_topic_refused", id=rejection.id)
+            rid = rejection.id
+            default = self._topics.response_for(rejection.client, rid) if rid else None
+            reply = ReplyAddress(default, reply.correlation) if default else None
+        if reply is None:
+            # Nowhere to answer: log and count, never guess a topic.
+            log.warning(
+                "request_rejected_unanswerable", code=str(rejection.code), detail=rejection.message
+            )
+            return
+        self._publish(reply, error_payload(rejection.id, rejection.code, rejection.message))
+        log_request(rejection.id, rejection.client, str(rejection.code), detail=rejection.message)

@@ -1,98 +1,33 @@
-"""Typed request and reply payloads: validating what arrives, encoding what leaves."""
+"""The MQTT JSON wire format: parsing and validating what arrives, encoding what leaves."""
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
-from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.config import LimitsConfig
-from daemon.topics import Topics, is_publishable
+from daemon.frontends.topics import Topics, is_publishable
+from daemon.requests import (
+    ChatMessage,
+    Done,
+    ErrorCode,
+    Priority,
+    Rejection,
+    ReplyAddress,
+    Request,
+    StreamMode,
+    new_id,
+)
 
 PROTOCOL_VERSION = 1
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 _ID_RE = re.compile(_ID_PATTERN)
 # The longest client name (the topic level after .../request/) accepted.
 MAX_CLIENT_CHARS = 128
-
-
-class ErrorCode(StrEnum):
-    """Stable error codes of the public protocol (docs/PROTOCOL.md)."""
-
-    BAD_REQUEST = "bad_request"
-    TOO_LONG = "too_long"
-    BUSY = "busy"
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    INTERNAL = "internal"
-    RATE_LIMITED = "rate_limited"
-    POLICY = "policy"
-
-
-class Priority(IntEnum):
-    """Queue order: interactive requests (voice, a person waiting) run before background ones."""
-
-    INTERACTIVE = 0
-    BACKGROUND = 1
-
-
-class StreamMode(StrEnum):
-    OFF = "off"
-    TOKENS = "tokens"
-    SENTENCES = "sentences"
-
-
-@dataclass(frozen=True)
-class ReplyAddress:
-    """Where a request's replies go, and the MQTT v5 correlation data to echo."""
-
-    topic: str
-    correlation: bytes | None = None
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class Request:
-    """A validated request, ready for the engine."""
-
-    id: str
-    reply: ReplyAddress
-    messages: tuple[ChatMessage, ...] | None
-    prompt: str | None
-    system: str | None
-    max_tokens: int | None
-    temperature: float | None
-    top_p: float | None
-    stop: tuple[str, ...]
-    seed: int | None
-    stream: StreamMode
-    received_at: float
-    deadline: float
-    priority: Priority = Priority.INTERACTIVE
-    # Who asked: the topic level after .../request/ ('' on the plain request topic). Under the
-    # shipped ACL the broker binds it to the user name, so rate limits and the allow-list hold.
-    client: str = ""
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A request that cannot be accepted; reply is None when it named no reply address."""
-
-    code: ErrorCode
-    message: str
-    id: str | None = None
-    reply: ReplyAddress | None = None
-    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,26 +84,42 @@ def _error_text(err: ValidationError) -> str:
     return "; ".join(parts[:5])
 
 
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
 def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Request | Rejection:
     """Turn an MQTT payload into a Request, or a Rejection saying clearly what is wrong."""
     v5_reply = None
     if msg.response_topic and is_publishable(msg.response_topic):
         v5_reply = ReplyAddress(msg.response_topic, msg.correlation)
+    reject = _Rejector(msg, topics, v5_reply)
+    text = _payload_text(msg, limits, reject)
+    if isinstance(text, Rejection):
+        return text
+    body = _body(text, limits, reject)
+    if isinstance(body, Rejection):
+        return body
+    return _request(body, msg, topics, limits, v5_reply)
 
-    def reject(
-        code: ErrorCode, text: str, rid: str | None = None, reply_to: str | None = None
+
+class _Rejector:
+    """Builds a Rejection with the best reply address known so far."""
+
+    def __init__(self, msg: Incoming, topics: Topics, v5_reply: ReplyAddress | None):
+        self._msg = msg
+        self._topics = topics
+        self._v5_reply = v5_reply
+
+    def __call__(
+        self, code: ErrorCode, text: str, rid: str | None = None, reply_to: str | None = None
     ) -> Rejection:
-        reply = v5_reply
+        reply = self._v5_reply
         if reply is None and reply_to is not None:
             reply = ReplyAddress(reply_to)
         if reply is None and rid is not None:
-            reply = ReplyAddress(topics.response_for(msg.client, rid))
-        return Rejection(code, text, rid, reply, msg.client)
+            reply = ReplyAddress(self._topics.response_for(self._msg.client, rid))
+        return Rejection(code, text, rid, reply, self._msg.client)
 
+
+def _payload_text(msg: Incoming, limits: LimitsConfig, reject: _Rejector) -> str | Rejection:
+    """The payload as text, or why it cannot be one (size, encoding, NUL)."""
     if len(msg.client) > MAX_CLIENT_CHARS:
         # Rate-limit and dedupe state is kept per client name: bound what one may cost.
         return reject(ErrorCode.BAD_REQUEST, f"client name over {MAX_CLIENT_CHARS} characters")
@@ -186,37 +137,49 @@ def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Reques
         return reject(ErrorCode.BAD_REQUEST, "payload is neither UTF-8 text nor JSON")
     if "\x00" in text:
         return reject(ErrorCode.BAD_REQUEST, "payload contains NUL characters")
+    return text
 
+
+def _body(text: str, limits: LimitsConfig, reject: _Rejector) -> _Body | Rejection:
+    """The validated body: plain text is a prompt with defaults, JSON is checked field by field."""
     stripped = text.lstrip()
     if not stripped.startswith(("{", "[")):
         if not stripped:
             return reject(ErrorCode.BAD_REQUEST, "empty prompt")
         # Plain text: `mosquitto_pub -m "hello"` is a prompt with defaults.
-        body = _Body(prompt=text)
-    else:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            return reject(ErrorCode.BAD_REQUEST, f"invalid JSON: {err.msg} at char {err.pos}")
-        except RecursionError:
-            # '[' * 100000 is valid-looking JSON that recurses past Python's stack limit.
-            return reject(ErrorCode.BAD_REQUEST, "invalid JSON: nested too deeply")
-        if not isinstance(raw, dict):
-            return reject(ErrorCode.BAD_REQUEST, "a JSON request must be an object")
-        # Find the reply address before validating, so even a bad request gets its answer.
-        rid = raw.get("id") if isinstance(raw.get("id"), str) and _valid_id(raw["id"]) else None
-        reply_to = raw.get("reply_to")
-        reply_to = reply_to if isinstance(reply_to, str) and is_publishable(reply_to) else None
-        try:
-            body = _Body.model_validate(raw)
-        except ValidationError as err:
-            return reject(ErrorCode.BAD_REQUEST, _error_text(err), rid, reply_to)
-        if body.reply_to is not None and reply_to is None:
-            return reject(ErrorCode.BAD_REQUEST, "reply_to: not a topic one can publish to", rid)
-        problem = _check_limits(body, limits)
-        if problem:
-            return reject(ErrorCode.BAD_REQUEST, problem, rid, reply_to)
+        return _Body(prompt=text)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        return reject(ErrorCode.BAD_REQUEST, f"invalid JSON: {err.msg} at char {err.pos}")
+    except RecursionError:
+        # '[' * 100000 is valid-looking JSON that recurses past Python's stack limit.
+        return reject(ErrorCode.BAD_REQUEST, "invalid JSON: nested too deeply")
+    if not isinstance(raw, dict):
+        return reject(ErrorCode.BAD_REQUEST, "a JSON request must be an object")
+    # Find the reply address before validating, so even a bad request gets its answer.
+    rid = raw.get("id") if isinstance(raw.get("id"), str) and _valid_id(raw["id"]) else None
+    reply_to = raw.get("reply_to")
+    reply_to = reply_to if isinstance(reply_to, str) and is_publishable(reply_to) else None
+    try:
+        body = _Body.model_validate(raw)
+    except ValidationError as err:
+        return reject(ErrorCode.BAD_REQUEST, _error_text(err), rid, reply_to)
+    if body.reply_to is not None and reply_to is None:
+        return reject(ErrorCode.BAD_REQUEST, "reply_to: not a topic one can publish to", rid)
+    problem = _check_limits(body, limits)
+    if problem:
+        return reject(ErrorCode.BAD_REQUEST, problem, rid, reply_to)
+    return body
 
+
+def _request(
+    body: _Body,
+    msg: Incoming,
+    topics: Topics,
+    limits: LimitsConfig,
+    v5_reply: ReplyAddress | None,
+) -> Request:
     rid = body.id or new_id()
     if v5_reply is not None:
         reply = v5_reply
@@ -283,31 +246,6 @@ def _check_limits(body: _Body, limits: LimitsConfig) -> str | None:
     if any("\x00" in t for t in texts):
         return "NUL characters are not allowed in text"
     return None
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Milliseconds, except tokens_per_s (decode speed after the first token)."""
-
-    queue_ms: float
-    ttft_ms: float
-    total_ms: float
-    tokens_per_s: float
-
-
-@dataclass(frozen=True)
-class Done:
-    text: str
-    finish_reason: str  # "stop" (end of turn or a stop string) | "length"
-    usage: Usage
-    timings: Timings
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

@@ -1,14 +1,123 @@
-"""Accepted work: a Job ends in exactly one terminal reply; JobQueue bounds the wait."""
+"""The one internal contract between front doors and the engine.
+
+A front door parses its protocol into a Request, gives a ReplySink for the answers, and intake
+turns the pair into a Job on the engine's JobQueue. A Job ends in exactly one terminal reply.
+Nothing here knows MQTT, HTTP or llama.cpp.
+"""
 
 from __future__ import annotations
 
 import heapq
 import itertools
 import threading
+import uuid
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any, Protocol
 
-from daemon.messages import Done, ErrorCode, Request
+
+class ErrorCode(StrEnum):
+    """Stable error codes of the public protocol (docs/PROTOCOL.md)."""
+
+    BAD_REQUEST = "bad_request"
+    TOO_LONG = "too_long"
+    BUSY = "busy"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+    RATE_LIMITED = "rate_limited"
+    POLICY = "policy"
+
+
+class Priority(IntEnum):
+    """Queue order: interactive requests (voice, a person waiting) run before background ones."""
+
+    INTERACTIVE = 0
+    BACKGROUND = 1
+
+
+class StreamMode(StrEnum):
+    OFF = "off"
+    TOKENS = "tokens"
+    SENTENCES = "sentences"
+
+
+@dataclass(frozen=True)
+class ReplyAddress:
+    """Where a request's replies go, and the MQTT v5 correlation data to echo."""
+
+    topic: str
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request, ready for the engine."""
+
+    id: str
+    reply: ReplyAddress
+    messages: tuple[ChatMessage, ...] | None
+    prompt: str | None
+    system: str | None
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    stop: tuple[str, ...]
+    seed: int | None
+    stream: StreamMode
+    received_at: float
+    deadline: float
+    priority: Priority = Priority.INTERACTIVE
+    # Who asked: the topic level after .../request/ ('' on the plain request topic). Under the
+    # shipped ACL the broker binds it to the user name, so rate limits and the allow-list hold.
+    client: str = ""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A request that cannot be accepted; reply is None when it named no reply address."""
+
+    code: ErrorCode
+    message: str
+    id: str | None = None
+    reply: ReplyAddress | None = None
+    client: str = ""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds, except tokens_per_s (decode speed after the first token)."""
+
+    queue_ms: float
+    ttft_ms: float
+    total_ms: float
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class Done:
+    text: str
+    finish_reason: str  # "stop" (end of turn or a stop string) | "length"
+    usage: Usage
+    timings: Timings
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class ReplySink(Protocol):
@@ -27,8 +136,6 @@ class Job:
     def __init__(self, request: Request, sink: ReplySink):
         self.request = request
         self.sink = sink
-        # Lower runs first: 0 interactive, 1 background (messages.Priority).
-        self.priority = int(request.priority)
         # Worst-case run time by the measured speeds (admission); None before any measurement.
         self.estimate_s: float | None = None
         self.started_at: float | None = None
@@ -90,13 +197,13 @@ class JobQueue:
             displaced = None
             if len(self._heap) >= self.maxsize:
                 worst = max(self._heap, key=lambda e: (e[0], e[1]), default=None)
-                if worst is None or worst[0] <= job.priority:
+                if worst is None or worst[0] <= int(job.request.priority):
                     raise QueueFull
                 self._heap.remove(worst)
                 heapq.heapify(self._heap)
                 displaced = worst[2]
                 self._by_id.pop(displaced.request.id, None)
-            heapq.heappush(self._heap, (job.priority, next(self._seq), job))
+            heapq.heappush(self._heap, (int(job.request.priority), next(self._seq), job))
             self._by_id[job.request.id] = job
             self._cond.notify()
             return displaced

@@ -1,0 +1,249 @@
+"""One request's run on the loaded model: checks, prompt, the token loop, the terminal reply."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.config import GenerationConfig
+from daemon.engine import llama_compat
+from daemon.engine.prompt import Prompter, Refused
+from daemon.engine.textstream import SentenceChunker, StopMatcher
+from daemon.requests import Done, ErrorCode, Job, StreamMode, Timings, Usage
+from daemon.safeguards.policy import TermFilter
+
+# llama.cpp reads this seed as "pick a random one".
+_RANDOM_SEED = 0xFFFFFFFF
+# What a cancelled or timed-out reply says was generated when nothing was (the protocol
+# promises `text` and `usage` on those errors).
+NOTHING_YET = {"usage": {"prompt_tokens": 0, "completion_tokens": 0}, "text": ""}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The speeds one generation showed, for the engine's running averages (admission)."""
+
+    tokens_per_s: float  # decode after the first token; 0 when too short to say
+    prefill_per_s: float | None  # None when too few fresh prompt tokens to say
+
+
+def common_prefix(cached: Any, tokens: list[int]) -> int:
+    """How many leading tokens llama-cpp-python's generate() will reuse from the KV cache."""
+    n = 0
+    for a, b in zip(cached, tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(tokens) - 1)
+
+
+class Generation:
+    """Runs one job to exactly one terminal reply; on_token(now) is called after each token."""
+
+    def __init__(
+        self,
+        job: Job,
+        llm: Any,
+        prompter: Prompter,
+        gen: GenerationConfig,
+        max_new: int,
+        clock: Callable[[], float],
+        on_token: Callable[[float], None],
+    ):
+        self.job = job
+        self.req = job.request
+        self._llm = llm
+        self._prompter = prompter
+        self._gen = gen
+        self._max_new = max_new
+        self._clock = clock
+        self._on_token = on_token
+        self._stops = StopMatcher(self.req.stop)
+        self._terms = TermFilter(prompter.policy.blocked_terms)
+        self._chunker = SentenceChunker() if self.req.stream is StreamMode.SENTENCES else None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._parts: list[str] = []
+        self._notes: dict[str, Any] = {}
+        self._seq = 0
+        self._n_out = 0
+        self._first_at: float | None = None
+        self._finish = "length"
+
+    def run(self) -> Measured | None:
+        """Generate and answer; the speeds measured, or None when it ended without a reply."""
+        started = self._clock()
+        self.job.started_at = started
+        if not self._still_wanted(started):
+            return None
+        tokens = self._tokens()
+        if tokens is None:
+            return None
+        max_new = self._room(len(tokens))
+        if max_new is None:
+            return None
+        self._seed()
+        # What the prompt costs: the tokens not already in the KV cache (for admission estimates).
+        fresh = len(tokens) - common_prefix(llama_compat.cached_tokens(self._llm), tokens)
+        gen_at = self._clock()
+        outcome = self._loop(tokens, max_new)
+        usage = {"prompt_tokens": len(tokens), "completion_tokens": self._n_out}
+        if outcome is not None:
+            self.job.finish_error(outcome[0], outcome[1], {"usage": usage, "text": self.text})
+            return None
+        return self._answer(len(tokens), started, fresh, gen_at)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def _still_wanted(self, started: float) -> bool:
+        """False (and answered) when the job was cancelled or timed out while it waited."""
+        if self.job.cancelled.is_set() or self.job.finished:
+            self.job.finish_error(ErrorCode.CANCELLED, "cancelled before it started", NOTHING_YET)
+            return False
+        if started > self.req.deadline:
+            self.job.finish_error(
+                ErrorCode.TIMEOUT, "deadline passed while waiting in the queue", NOTHING_YET
+            )
+            return False
+        return True
+
+    def _tokens(self) -> list[int] | None:
+        """The prompt tokens, or None (and answered) when the policy or the template refuses."""
+        req = self.req
+        refused = self._prompter.check_request(req)
+        if refused is not None:
+            self.job.finish_error(refused.code, refused.message, NOTHING_YET)
+            return None
+        try:
+            return self._prompter.encode(req.prompt, req.messages, req.system)
+        except Refused as rej:
+            self.job.finish_error(rej.code, rej.message)
+            return None
+
+    def _room(self, n_prompt: int) -> int | None:
+        """Tokens this reply may have, or None (and answered) when the prompt fills the context."""
+        n_ctx = self._llm.n_ctx()
+        room = n_ctx - n_prompt
+        if room < 1:
+            self.job.finish_error(
+                ErrorCode.TOO_LONG,
+                f"prompt is {n_prompt} tokens; the context holds {n_ctx}",
+                {"usage": {"prompt_tokens": n_prompt, "completion_tokens": 0}},
+            )
+            return None
+        wanted = self.req.max_tokens or self._gen.max_tokens
+        max_new = min(self._max_new, room)
+        if max_new < wanted:
+            reason = "context" if max_new == room else "limit"
+            self._notes["max_tokens"] = {"requested": wanted, "used": max_new, "reason": reason}
+        return max_new
+
+    def _seed(self) -> None:
+        if self.req.seed is not None:
+            # Reusing a cached prefix changes the logits' rounding (batch vs. single-token
+            # kernels), so a seeded request evaluates its prompt afresh: same seed, same text.
+            self._llm.reset()
+            self._llm.set_seed(self.req.seed)
+        else:
+            self._llm.set_seed(_RANDOM_SEED)
+
+    def _emit(self, text: str) -> None:
+        if not text:
+            return
+        self._parts.append(text)
+        if self.req.stream is StreamMode.TOKENS:
+            self._delta(text)
+        elif self._chunker is not None:
+            for sentence in self._chunker.feed(text):
+                self._delta(sentence)
+
+    def _delta(self, text: str) -> None:
+        self.job.sink.delta(self.req, self._seq, text)
+        self._seq += 1
+
+    def _loop(self, tokens: list[int], max_new: int) -> tuple[ErrorCode, str] | None:
+        """The token loop; an (error code, message) when it must end in an error reply."""
+        import llama_cpp
+
+        req, llm, gen = self.req, self._llm, self._gen
+        temp = req.temperature if req.temperature is not None else gen.temperature
+        top_p = req.top_p if req.top_p is not None else gen.top_p
+        vocab = llama_compat.vocab(llm)
+        stream = llm.generate(
+            tokens, top_k=gen.top_k, top_p=top_p, temp=temp, repeat_penalty=gen.repeat_penalty
+        )
+        try:
+            for token in stream:
+                now = self._clock()
+                if self._first_at is None:
+                    self._first_at = now
+                self._on_token(now)
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    self._finish = "stop"
+                    return None
+                self._n_out += 1
+                piece = self._decoder.decode(llm.detokenize([token]))
+                self._emit(self._terms.feed(self._stops.feed(piece)))
+                outcome = self._verdict(now, max_new)
+                if outcome != "go on":
+                    return outcome if isinstance(outcome, tuple) else None
+        finally:
+            stream.close()
+        return None
+
+    def _verdict(self, now: float, max_new: int) -> tuple[ErrorCode, str] | str:
+        """After a token: "go on", "end" (a done reply) or an (error code, message)."""
+        if self._terms.blocked:
+            return (ErrorCode.POLICY, "the reply was stopped by this node's policy")
+        if self._stops.stopped:
+            self._finish = "stop"
+            return "end"
+        if self._n_out >= max_new:
+            return "end"
+        if self.job.cancelled.is_set():
+            return (ErrorCode.CANCELLED, "cancelled")
+        if now > self.req.deadline:
+            return (ErrorCode.TIMEOUT, "deadline passed during generation")
+        return "go on"
+
+    def _answer(self, n_prompt: int, started: float, fresh: int, gen_at: float) -> Measured | None:
+        """Flush what is held back, apply the reply policy, send `done`; the speeds measured."""
+        end = self._clock()
+        self._emit(self._terms.feed(self._stops.feed(self._decoder.decode(b"", final=True))))
+        self._emit(self._terms.feed(self._stops.flush()))
+        if not self._terms.blocked:
+            self._emit(self._terms.flush())
+        verdict = self._prompter.check_reply(self._terms, self.text)
+        if verdict is not None:
+            usage = {"prompt_tokens": n_prompt, "completion_tokens": self._n_out}
+            self.job.finish_error(ErrorCode.POLICY, verdict, {"usage": usage, "text": ""})
+            return None
+        if self._chunker is not None:
+            for sentence in self._chunker.flush():
+                self._delta(sentence)
+        timings = self._timings(started, end)
+        if self.req.stream is not StreamMode.OFF:
+            self._notes["seq"] = self._seq
+        first_at = self._first_at
+        prefill = None
+        if first_at is not None and fresh >= 16 and first_at > gen_at:
+            prefill = fresh / (first_at - gen_at)
+        self.job.finish_done(
+            Done(self.text, self._finish, Usage(n_prompt, self._n_out), timings, self._notes)
+        )
+        return Measured(timings.tokens_per_s, prefill)
+
+    def _timings(self, started: float, end: float) -> Timings:
+        received = self.req.received_at
+        first = self._first_at if self._first_at is not None else end
+        decode_s = end - first
+        n_out = self._n_out
+        return Timings(
+            queue_ms=(started - received) * 1000,
+            ttft_ms=(first - received) * 1000,
+            total_ms=(end - received) * 1000,
+            tokens_per_s=(n_out - 1) / decode_s if n_out > 1 and decode_s > 0 else 0.0,
+        )

@@ -1,0 +1,62 @@
+"""Loading a model file into a Llama, and what the loaded model is (ModelInfo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon import cpus
+from daemon.config import ModelConfig
+from daemon.engine import llama_compat
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the loaded model is, for the status message, the governor and the logs."""
+
+    name: str
+    path: str
+    size_bytes: int
+    n_ctx: int
+    n_ctx_train: int
+    n_threads: int
+    n_threads_batch: int
+    chat: bool
+    metadata: dict[str, str]
+
+
+def load(
+    path: Path, name: str, mcfg: ModelConfig, repack: bool
+) -> tuple[Any, ModelInfo, str | None]:
+    """The Llama (its internals checked), what it is, and its chat template (None: completion).
+
+    Weight repacking (llama.cpp's extra buffer types) is off unless the CPU probe said it runs
+    here (daemon/engine/cpuprobe.py); off is always safe, only slower on some CPUs.
+    """
+    n_threads = mcfg.n_threads or cpus.default_threads()
+    llm = llama_compat.load_llama(
+        str(path),
+        repack=repack,
+        n_ctx=mcfg.n_ctx,
+        n_threads=n_threads,
+        n_threads_batch=max(n_threads, cpus.usable()),
+        n_batch=mcfg.n_batch,
+        n_gpu_layers=mcfg.n_gpu_layers,
+        verbose=False,
+    )
+    llama_compat.check_internals(llm)
+    template = mcfg.chat_template or llm.metadata.get("tokenizer.chat_template")
+    threads, threads_batch = llama_compat.thread_counts(llm)
+    info = ModelInfo(
+        name=name,
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        n_ctx=llm.n_ctx(),
+        n_ctx_train=llama_compat.n_ctx_train(llm),
+        n_threads=threads,
+        n_threads_batch=threads_batch,
+        chat=template is not None,
+        metadata=dict(llm.metadata),
+    )
+    return llm, info, template

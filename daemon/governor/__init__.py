@@ -1,0 +1,1 @@
+"""The governor: sensors read into Snapshots, a pure policy, and the loop that applies it."""
