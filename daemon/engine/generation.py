@@ -27,6 +27,7 @@ class Measured:
 
     tokens_per_s: float  # decode after the first token; 0 when too short to say
     prefill_per_s: float | None  # None when too few fresh prompt tokens to say
+    tokens: int = 0  # tokens generated
 
 
 def common_prefix(cached: Any, tokens: list[int]) -> int:
@@ -234,7 +235,7 @@ class Generation:
         self.job.finish_done(
             Done(self.text, self._finish, Usage(n_prompt, self._n_out), timings, self._notes)
         )
-        return Measured(timings.tokens_per_s, prefill)
+        return Measured(timings.tokens_per_s, prefill, self._n_out)
 
     def _timings(self, started: float, end: float) -> Timings:
         received = self.req.received_at

@@ -125,8 +125,11 @@ def set_threads(llm: Any, n: int) -> None:
 
     Tested: 0.3.36.
     """
-    batch = max(n, llm.context_params.n_threads_batch)
-    llm._ctx.set_n_threads(n, batch)
+    # Prompt processing follows the same count: with more threads than the decode count the
+    # sweep chose, a core taken by another process makes prefill crawl (10 s instead of 0.4 s
+    # seen here), for the same reason decode does.
+    llm._ctx.set_n_threads(n, n)
+    llm.context_params.n_threads_batch = n
     llm.context_params.n_threads = n
     llm.n_threads = n
 

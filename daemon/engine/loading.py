@@ -40,7 +40,7 @@ def load(
         repack=repack,
         n_ctx=mcfg.n_ctx,
         n_threads=n_threads,
-        n_threads_batch=max(n_threads, cpus.usable()),
+        n_threads_batch=n_threads,  # prefill follows decode (llama_compat.set_threads)
         n_batch=mcfg.n_batch,
         n_gpu_layers=mcfg.n_gpu_layers,
         verbose=False,

@@ -1,65 +1,164 @@
-"""The thread sweep: decode speed measured at each thread count, the fastest becomes the ceiling."""
+"""The thread sweep: decode speed measured at each thread count, in short slices between jobs.
+
+A start-up sweep used to hold the worker for a second or more per count, and one sample taken
+while another process was busy could lock the daemon at half speed for its life. Now:
+
+- the sweep is cut into slices of a few tokens; the worker runs one only when no job waits,
+  and a slice is abandoned (its sample dropped) the moment a job arrives, so a sweep never
+  delays a request by more than one token;
+- the counts are interleaved (1..N, N..1, 1..N) so a burst of load elsewhere hits several
+  counts, not all samples of one;
+- each count's figure is its best sample: other load only ever slows a sample down, so the
+  best is the closest to what the count can do; a sample under 60 % of its count's best is a
+  collapse (contention), and the count is measured again;
+- the CPU time other processes take during a slice is read too: a sweep that saw such load
+  is measured again later (the engine backs off), so a busy start cannot lock the daemon at
+  the count that was best only while something else ran;
+- `Sweeper` is pure bookkeeping (plan, samples, verdict); `measure_slice` is the I/O.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon import cpus
 from daemon.engine import llama_compat
+
+# A sample below this share of its count's best is taken as contention, not as the count.
+COLLAPSE = 0.6
+# Other processes busy on at least this many cores during a slice: the slice was contended.
+CONTENDED_CORES = 0.3
+# Within this share of the fastest count, fewer threads win (cooler, and a core to spare).
+NEAR_BEST = 0.97
 
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Decode tokens/s measured at each thread count, and the count chosen as the ceiling."""
+    """Decode tokens/s of each thread count (its best sample), and the count chosen."""
 
     tokens_per_s: dict[int, float]
     best: int
+    samples: int = 0  # slices measured in all
+    collapsed: int = 0  # samples taken as contention (each measured again)
+    contended: int = 0  # slices during which other processes were busy (CONTENDED_CORES)
 
 
-def _tokens_per_s(
-    llm: Any, prompt: list[int], beat: Callable[[], None], tokens: int, budget_s: float
-) -> float:
-    """Greedy decode speed at the context's current thread count."""
-    llm.reset()
+class Sweeper:
+    """The plan of one sweep and its samples; no I/O, no clock."""
+
+    def __init__(self, counts: list[int], rounds: int = 3, max_extra: int | None = None):
+        self.counts = sorted(set(counts))
+        plan: list[int] = []
+        for r in range(rounds):
+            plan += self.counts if r % 2 == 0 else self.counts[::-1]
+        self._plan = deque(plan)
+        self.samples: dict[int, list[float]] = {n: [] for n in self.counts}
+        self.collapsed = 0
+        self.contended = 0
+        self._extra_left = max_extra if max_extra is not None else 2 * len(self.counts)
+
+    def next_count(self) -> int | None:
+        """The thread count to measure next; None when the sweep is done."""
+        return self._plan[0] if self._plan else None
+
+    def record(self, n: int, tokens_per_s: float, contended: bool = False) -> None:
+        """A finished slice at n threads; a collapse plans another sample of that count."""
+        self.contended += contended
+        if self._plan and self._plan[0] == n:
+            self._plan.popleft()
+        best = max(self.samples[n], default=0.0)
+        self.samples[n].append(tokens_per_s)
+        if tokens_per_s < COLLAPSE * best or (best and best < COLLAPSE * tokens_per_s):
+            # One of the two is contended: measure once more so that the best of them is real.
+            self.collapsed += 1
+            if self._extra_left > 0:
+                self._extra_left -= 1
+                self._plan.append(n)
+
+    @property
+    def done(self) -> bool:
+        return not self._plan
+
+    def result(self) -> SweepResult:
+        figures = {n: max(s) for n, s in self.samples.items() if s}
+        top = max(figures.values())
+        best = min(n for n, tps in figures.items() if tps >= NEAR_BEST * top)
+        total = sum(len(s) for s in self.samples.values())
+        return SweepResult(
+            {n: round(t, 1) for n, t in figures.items()},
+            best,
+            total,
+            self.collapsed,
+            self.contended,
+        )
+
+
+class OtherLoad:
+    """CPU used by other processes over an interval, in cores (None where it cannot be read)."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        import psutil
+
+        try:
+            t = psutil.cpu_times()
+        except (OSError, RuntimeError):
+            return None
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        return time.perf_counter(), busy, time.process_time()
+
+    def cores(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None or end[0] <= self._start[0]:
+            return None
+        wall = end[0] - self._start[0]
+        others = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        return max(0.0, others / wall)
+
+
+def measure_slice(
+    llm: Any,
+    prompt: list[int],
+    threads: int,
+    beat: Callable[[], None],
+    abandon: Callable[[], bool],
+    tokens: int = 16,
+    budget_s: float = 0.6,
+) -> tuple[float, float | None] | None:
+    """Greedy decode tokens/s at `threads` (set, not restored), and the cores other processes
+    used meanwhile; None when abandoned for a job.
+
+    Ends after `tokens` tokens, or after budget_s once 4 are in, so a count made very slow by
+    another process cannot hold the worker. The prompt's prefix stays in the KV cache between
+    slices, so a slice costs almost no prompt processing.
+    """
+    llama_compat.set_threads(llm, threads)
     llm.set_seed(1)
     stamps: list[float] = []
+    load = OtherLoad()
     gen = llm.generate(prompt, temp=0.0)
     try:
         for _ in gen:
             beat()
+            if abandon():
+                return None
             stamps.append(time.perf_counter())
             if len(stamps) > tokens or (len(stamps) >= 4 and stamps[-1] - stamps[0] > budget_s):
                 break
     finally:
         gen.close()
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    if len(stamps) < 2 or stamps[-1] <= stamps[0]:
+        return None
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]), load.cores()
 
 
-def sweep(
-    llm: Any,
-    prompt: list[int],
-    threads: int,
-    beat: Callable[[], None],
-    tokens: int = 24,
-    budget_s: float = 1.0,
-) -> SweepResult:
-    """Measure decode tokens/s from 1 thread to the usable CPUs; leaves the best count set.
-
-    On big.LITTLE boards and busy small boards fewer threads are often faster, so the
-    fastest count is measured, not assumed. Within 3 % of the best, fewer threads win.
-    Each count gets `tokens` tokens or `budget_s` seconds, whichever ends first, so a
-    count that is pathologically slow (a core taken by another process) cannot stall
-    the start. beat() is called after each token (the engine's heartbeat).
-    """
-    results: dict[int, float] = {}
-    for n in range(1, max(threads, cpus.usable()) + 1):
-        llama_compat.set_threads(llm, n)
-        results[n] = _tokens_per_s(llm, prompt, beat, tokens, budget_s)
-    top = max(results.values())
-    best = min(n for n, tps in results.items() if tps >= 0.97 * top)
-    llama_compat.set_threads(llm, best)
-    llm.reset()
-    return SweepResult({n: round(t, 1) for n, t in results.items()}, best)
+def disagrees(result: SweepResult, threads: int, live_tokens_per_s: float) -> bool:
+    """Whether a live decode at `threads` is far slower than the sweep measured there."""
+    predicted = result.tokens_per_s.get(threads)
+    return predicted is not None and live_tokens_per_s < 0.7 * predicted

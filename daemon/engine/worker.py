@@ -16,7 +16,8 @@ from daemon.engine.generation import NOTHING_YET, Generation
 from daemon.engine.limits import LiveLimits
 from daemon.engine.loading import ModelInfo
 from daemon.engine.prompt import Prompter
-from daemon.engine.sweep import SweepResult, sweep
+from daemon.engine.sweep import SweepResult
+from daemon.engine.tuning import ThreadTuner
 from daemon.requests import ErrorCode, Job, JobQueue, QueueFull
 from daemon.safeguards.policy import Classifier
 
@@ -76,18 +77,18 @@ class Engine:
         # Set (with a reason) when the worker cannot go on: the service goes offline and exits.
         self.failure: str | None = None
         self.failed = threading.Event()
-        self.sweep: SweepResult | None = None
-        self._sweep_wanted = False
+        self._tuner = ThreadTuner(clock)
 
     # -- called from other threads -------------------------------------------------------------
 
     def start(self, timeout: float = 120.0, sweep_threads: bool = False) -> ModelInfo:
         """Start the worker, load the model on it, and wait until it is ready.
 
-        With sweep_threads, the worker then measures decode speed at each thread count before
-        it takes the first job; `sweep` holds the result once done.
+        With sweep_threads, the worker then measures decode speed at each thread count in short
+        slices while no job waits (daemon/engine/tuning.py); `sweep` holds the result once done.
         """
-        self._sweep_wanted = sweep_threads
+        if sweep_threads:
+            self._tuner.want()
         self._thread.start()
         if not self._ready.wait(timeout):
             raise EngineError(f"model did not load within {timeout:.0f} s")
@@ -158,7 +159,12 @@ class Engine:
 
     def request_sweep(self) -> None:
         """Measure the thread counts again between jobs (SIGUSR1: after a change of cooling)."""
-        self._sweep_wanted = True
+        self._tuner.want()
+
+    @property
+    def sweep(self) -> SweepResult | None:
+        """The last finished thread sweep (None before the first)."""
+        return self._tuner.result
 
     def set_limits(self, threads: int | None = None, n_ctx: int | None = None) -> None:
         """Ask for a new thread count (applied between tokens) or context length (between jobs)."""
@@ -251,20 +257,16 @@ class Engine:
                     self._current = None
 
     def _step(self) -> None:
-        """One turn of the worker: beat, maybe sweep, take a job, apply limits, run it."""
+        """One turn of the worker: beat, maybe a sweep slice, take a job, apply limits, run it."""
         self._checkpoint("beat")
         self.heartbeat = self._clock()
-        if self._sweep_wanted:
-            # After READY (and between jobs), so start-up stays fast on slow boards; a request
-            # that arrives meanwhile waits in the queue (its queue_ms says so).
-            self._sweep_wanted = False
+        sweeping = self._tuner.pending() and not len(self._queue)
+        if sweeping:
+            # One slice of a few tokens, only while no job waits; a job that arrives ends it
+            # at the next token (daemon/engine/sweep.py). READY came first, so start-up is fast.
             self._checkpoint("sweep")
-            try:
-                self._sweep()
-            except Exception:  # a failed measurement leaves the threads in place
-                log.exception("thread_sweep_failed")
-                self._llm.reset()
-        job = self._queue.get(timeout=_POLL_S)
+            self._sweep_slice()
+        job = self._queue.get(timeout=0.0 if sweeping else _POLL_S)
         with self._lock:
             self._current = job
         # Limits asked for while waiting apply before the next job starts.
@@ -349,21 +351,19 @@ class Engine:
         """The context length in effect."""
         return self._limits_now.n_ctx
 
-    def _sweep(self) -> SweepResult:
-        """Measure the thread counts (daemon/engine/sweep.py); the best becomes the ceiling."""
+    def _sweep_slice(self) -> None:
+        """Run one slice of the thread sweep; jobs then run at the count in effect or the best."""
         assert self._prompter is not None
-        prompt = self._prompter.encode(
-            prompt="Count slowly from one to one hundred.", messages=None, system=None
+        prompter = self._prompter
+        threads = self._tuner.step(
+            self._llm,
+            lambda: prompter.encode("Count slowly from one to one hundred.", None, None),
+            self.threads,
+            lambda: setattr(self, "heartbeat", self._clock()),
+            lambda: bool(len(self._queue)) or self._stop.is_set(),
         )
-        result = sweep(self._llm, prompt, self.threads, self._beat)
-        self._warm_up()
-        self._limits_now.threads = result.best
-        self.sweep = result
-        log.info("thread_sweep", tokens_per_s=result.tokens_per_s, best=result.best)
-        return result
-
-    def _beat(self) -> None:
-        self.heartbeat = self._clock()
+        llama_compat.set_threads(self._llm, threads)
+        self._limits_now.threads = threads
 
     def _close(self) -> None:
         if self._llm is not None:
@@ -391,6 +391,7 @@ class Engine:
             self._rates = admission.updated(
                 self._rates, measured.tokens_per_s, measured.prefill_per_s
             )
+            self._tuner.after_job(self.threads, measured.tokens, measured.tokens_per_s)
 
     def _on_token(self, now: float) -> None:
         self.heartbeat = now

@@ -1,0 +1,234 @@
+"""The thread sweep's bookkeeping (pure), its slices (a fake model at the engine seam) and when
+the worker measures again (a fake clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from daemon.engine import sweep as sweep_mod
+from daemon.engine import tuning
+from daemon.engine.sweep import Sweeper, disagrees, measure_slice
+from daemon.engine.tuning import ThreadTuner
+
+
+def run_plan(s: Sweeper, speeds: dict[int, list[float]]) -> list[int]:
+    """Feed each planned count its next speed; the order the counts were measured in."""
+    order = []
+    while (n := s.next_count()) is not None:
+        order.append(n)
+        s.record(n, speeds[n].pop(0))
+    return order
+
+
+def test_counts_are_interleaved_over_rounds():
+    s = Sweeper([1, 2, 3])
+    order = run_plan(s, {n: [10.0 * n] * 3 for n in (1, 2, 3)})
+    assert order == [1, 2, 3, 3, 2, 1, 1, 2, 3]
+    assert s.result().best == 3 and s.result().samples == 9
+
+
+def test_one_collapsed_sample_does_not_decide():
+    # The issue's case: another process busy while 2 threads were measured (0.4 and 8.5 tok/s
+    # against ~55 at 1 thread), then quiet again. The old sweep chose 1 thread for good.
+    s = Sweeper([1, 2])
+    order = run_plan(s, {1: [55.0, 54.0, 56.0], 2: [0.4, 8.5, 95.0, 94.0, 96.0]})
+    result = s.result()
+    assert result.best == 2 and result.tokens_per_s == {1: 56.0, 2: 96.0}
+    assert result.collapsed >= 1 and order.count(2) > 3  # measured again after the collapse
+
+
+def test_contention_in_every_sample_picks_what_is_fastest_under_it():
+    s = Sweeper([1, 2])
+    run_plan(s, {1: [50.0] * 3, 2: [23.0] * 3})
+    assert s.result().best == 1
+
+
+def test_fewer_threads_win_within_three_percent():
+    s = Sweeper([1, 2, 3, 4])
+    run_plan(s, {1: [40.0] * 3, 2: [80.0] * 3, 3: [79.0] * 3, 4: [81.0] * 3})
+    assert s.result().best == 2
+
+
+def test_extra_samples_are_bounded():
+    s = Sweeper([1, 2])
+    # Wildly alternating samples: every other one a "collapse"; the plan must still end.
+    speeds = {1: [10.0, 100.0] * 10, 2: [100.0, 10.0] * 10}
+    assert len(run_plan(s, speeds)) <= 3 * 2 + 2 * 2
+
+
+def test_disagreement_is_far_below_the_measured_figure():
+    result = Sweeper([1])
+    result.record(1, 100.0)
+    r = result.result()
+    assert disagrees(r, 1, 60.0) and not disagrees(r, 1, 80.0) and not disagrees(r, 2, 1.0)
+
+
+class FakeLlm:
+    """Yields tokens forever; records the thread counts it was set to."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+        self.closed = 0
+
+    def set_seed(self, _seed: int) -> None:
+        pass
+
+    def generate(self, _prompt: list[int], temp: float) -> Any:
+        def tokens():
+            try:
+                while True:
+                    yield 1
+            finally:
+                self.closed += 1
+
+        return tokens()
+
+
+@pytest.fixture
+def fake_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sweep_mod.llama_compat, "set_threads", lambda llm, n: llm.threads.append(n))
+
+
+def test_a_slice_ends_at_once_when_a_job_arrives(fake_threads):
+    llm = FakeLlm()
+    calls = {"n": 0}
+
+    def abandon() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2  # a job arrives during the third token
+
+    assert measure_slice(llm, [1, 2], 2, lambda: None, abandon) is None
+    assert llm.threads == [2] and llm.closed == 1 and calls["n"] == 3
+
+
+def test_a_slice_measures_a_bounded_number_of_tokens(fake_threads):
+    llm = FakeLlm()
+    beats = []
+    sample = measure_slice(llm, [1], 1, lambda: beats.append(1), lambda: False, tokens=8)
+    assert sample is not None and sample[0] > 0
+    assert len(beats) == 9 and llm.closed == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Sample = tuple[float, float | None] | None
+
+
+class Machine:
+    """What a slice measures at n threads: decode tok/s and other processes' cores, by phase."""
+
+    def __init__(self, speeds: dict[int, float], others: float = 0.0):
+        self.speeds = speeds
+        self.others = others
+        self.abandon_next = 0  # slices to abandon (a job arrived)
+
+    def __call__(self, _llm: Any, _prompt: Any, n: int, *_a: Any, **_k: Any) -> Sample:
+        if self.abandon_next:
+            self.abandon_next -= 1
+            return None
+        return self.speeds[n], self.others
+
+
+def tuner_with(monkeypatch, machine: Any) -> ThreadTuner:
+    monkeypatch.setattr(tuning.cpus, "usable", lambda: 2)
+    monkeypatch.setattr(tuning, "measure_slice", machine)
+    return ThreadTuner(Clock())
+
+
+class Resettable(FakeLlm):
+    resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def sweep_to_end(t: ThreadTuner, threads: int = 2, limit: int = 50) -> int:
+    for _ in range(limit):
+        threads = t.step(Resettable(), lambda: [1], threads, lambda: None, lambda: False)
+        if not t.pending():
+            return threads
+    raise AssertionError("the sweep did not end")
+
+
+def test_a_quiet_sweep_sets_the_best_and_plans_nothing(monkeypatch):
+    t = tuner_with(monkeypatch, Machine({1: 50.0, 2: 90.0}))
+    t.want()
+    assert sweep_to_end(t) == 2 and t.result is not None and t.result.contended == 0
+    t._clock.now += 10_000  # type: ignore[attr-defined]
+    assert not t.pending()
+
+
+def test_an_abandoned_slice_is_measured_again(monkeypatch):
+    machine = Machine({1: 50.0, 2: 90.0})
+    machine.abandon_next = 2
+    t = tuner_with(monkeypatch, machine)
+    t.want()
+    sweep_to_end(t)
+    assert t.result is not None and t.result.samples == 6
+
+
+def test_a_contended_sweep_is_measured_again_later_with_back_off(monkeypatch):
+    machine = Machine({1: 50.0, 2: 20.0}, others=1.0)
+    t = tuner_with(monkeypatch, machine)
+    clock = t._clock  # type: ignore[attr-defined]
+    t.want()
+    assert sweep_to_end(t) == 1  # best under the load
+    assert not t.pending()
+    clock.now += tuning.FIRST_BACKOFF_S
+    assert t.pending()
+    assert sweep_to_end(t) == 1
+    clock.now += tuning.FIRST_BACKOFF_S
+    assert not t.pending()  # backed off: twice as long now
+    clock.now += tuning.FIRST_BACKOFF_S
+    assert t.pending()
+    machine.speeds, machine.others = {1: 50.0, 2: 90.0}, 0.0
+    assert sweep_to_end(t) == 2  # quiet at last: the count that is best alone
+    clock.now += 10_000
+    assert not t.pending()
+
+
+def test_live_decode_far_below_the_sweep_measures_again(monkeypatch):
+    t = tuner_with(monkeypatch, Machine({1: 50.0, 2: 90.0}))
+    t.want()
+    assert sweep_to_end(t) == 2
+    clock = t._clock  # type: ignore[attr-defined]
+    t.after_job(2, 100, 40.0)
+    t.after_job(2, 100, 40.0)
+    t.after_job(2, 100, 40.0)
+    assert not t.pending()  # too soon after the sweep
+    clock.now += tuning.MIN_GAP_S
+    t.after_job(2, 8, 10.0)  # too short to say
+    assert not t.pending()
+    t.after_job(2, 100, 40.0)  # still slow, and the gap has passed
+    assert t.pending()
+
+
+def test_a_fast_job_resets_the_disagreement(monkeypatch):
+    t = tuner_with(monkeypatch, Machine({1: 50.0, 2: 90.0}))
+    t.want()
+    sweep_to_end(t)
+    t._clock.now += tuning.MIN_GAP_S  # type: ignore[attr-defined]
+    for tps in (40.0, 40.0, 88.0, 40.0, 40.0):
+        t.after_job(2, 100, tps)
+    assert not t.pending()
+    t.after_job(1, 100, 1.0)  # not at the sweep's count (the governor lowered it): ignored
+    assert not t.pending()
+
+
+def test_a_failed_slice_keeps_the_threads(monkeypatch):
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("decode failed")
+
+    t = tuner_with(monkeypatch, boom)
+    t.want()
+    llm = Resettable()
+    assert t.step(llm, lambda: [1], 2, lambda: None, lambda: False) == 2
+    assert llm.resets == 1 and not t.pending() and t.result is None
