@@ -51,7 +51,12 @@ class MqttConfig(_Section):
     client_id: str | None = Field(None, description="MQTT client id; default edgellm-<node_id>.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
     topic_prefix: str = Field("edgellm", min_length=1, description="First topic level(s).")
-    reply_qos: Literal[0, 1, 2] = Field(1, description="QoS of replies and stream chunks.")
+    reply_qos: Literal[0, 1, 2] = Field(1, description="QoS of terminal replies (done, error).")
+    delta_qos: Literal[0, 1, 2] = Field(
+        0,
+        description="QoS of streamed delta messages (a request may ask for another); the done "
+        "reply repeats the whole text, so a lost delta loses nothing.",
+    )
     reply_expiry_s: int | None = Field(
         600,
         ge=1,
@@ -102,6 +107,13 @@ class GenerationConfig(_Section):
     top_k: int = Field(40, ge=0)
     repeat_penalty: float = Field(1.1, ge=0.0, le=5.0)
     system: str | None = Field(None, description="System prompt used when a request has none.")
+    stream_interval_ms: int = Field(
+        40,
+        ge=0,
+        le=5000,
+        description="Streamed tokens: at most one delta message per this many ms (the tokens "
+        "between are joined; the first goes at once); 0: one per token.",
+    )
 
 
 class LimitsConfig(_Section):

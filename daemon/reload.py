@@ -20,6 +20,7 @@ LIVE = frozenset(
         "generation.top_k",
         "generation.repeat_penalty",
         "generation.system",
+        "generation.stream_interval_ms",
         "limits.max_payload_bytes",
         "limits.max_tokens",
         "limits.max_messages",
@@ -52,6 +53,7 @@ LIVE = frozenset(
         "policy.rate_limit.burst",
         "policy.rate_limit.tokens_per_min",
         "mqtt.reply_qos",
+        "mqtt.delta_qos",
         "model.n_threads",
         "model.n_ctx",
     }

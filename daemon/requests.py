@@ -49,6 +49,9 @@ class ReplyAddress:
 
     topic: str
     correlation: bytes | None = None
+    # The MQTT QoS of `delta` messages (None: the node's mqtt.delta_qos); terminal replies
+    # always go at mqtt.reply_qos.
+    delta_qos: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class Request:
     # Who asked: the topic level after .../request/ ('' on the plain request topic). Under the
     # shipped ACL the broker binds it to the user name, so rate limits and the allow-list hold.
     client: str = ""
+    # Streamed tokens: at most one delta per this many ms (None: generation.stream_interval_ms;
+    # 0: one per token). The first token always goes at once.
+    stream_interval_ms: int | None = None
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class Reply:
     topic: str
     body: dict[str, Any]
     correlation: bytes | None
+    qos: int = 1
 
 
 class Client:
@@ -138,7 +139,7 @@ class Client:
         # Queues are keyed by subscription, so a wildcard subscriber finds what it matched.
         for sub in list(self._queues):
             if mqtt.topic_matches_sub(sub, msg.topic):
-                self._queues[sub].put(Reply(msg.topic, body, corr))
+                self._queues[sub].put(Reply(msg.topic, body, corr, msg.qos))
 
     def _queue(self, topic: str) -> queue.Queue[Reply]:
         return self._queues.setdefault(topic, queue.Queue())

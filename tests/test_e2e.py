@@ -130,7 +130,13 @@ def test_streaming_deltas_in_order_then_done(client: Client, daemon: Daemon):
     replies = ask(
         client,
         daemon,
-        {"prompt": "Tell me about the moon.", "max_tokens": 40, "stream": True, **GREEDY},
+        {
+            "prompt": "Tell me about the moon.",
+            "max_tokens": 40,
+            "stream": True,
+            "stream_interval_ms": 0,
+            **GREEDY,
+        },
     )
     *deltas, done = replies
     assert done.body["type"] == "done"
@@ -139,11 +145,34 @@ def test_streaming_deltas_in_order_then_done(client: Client, daemon: Daemon):
     assert 1 <= len(deltas) <= tokens + 1
     if done.body["finish_reason"] == "length":
         assert len(deltas) >= 5
+    # Deltas at the node's delta_qos (0), the terminal reply at reply_qos (1).
+    assert {d.qos for d in deltas} == {0} and done.qos == 1
     assert all(d.body["type"] == "delta" and d.body["id"] == done.body["id"] for d in deltas)
     assert [d.body["seq"] for d in deltas] == list(range(len(deltas)))
     assert done.body["seq"] == len(deltas)
     assert "".join(d.body["text"] for d in deltas) == done.body["text"]
     assert all(d.correlation == done.correlation for d in deltas)
+
+
+def test_deltas_are_coalesced_per_interval(client: Client, daemon: Daemon):
+    body = {"prompt": "Tell me about the sea.", "max_tokens": 40, "stream": True, **GREEDY}
+    *deltas, done = ask(client, daemon, {**body, "stream_interval_ms": 5000, "delta_qos": 1})
+    # The first token at once, then (40 tokens in well under 5 s) the rest joined at the end.
+    assert done.body["type"] == "done" and done.body["usage"]["completion_tokens"] >= 10
+    assert len(deltas) <= 2 and done.body["seq"] == len(deltas)
+    assert "".join(d.body["text"] for d in deltas) == done.body["text"]
+    assert {d.qos for d in deltas} == {1}  # the request asked for QoS 1 deltas
+    # A shorter interval joins tokens too: fewer deltas than tokens, none lost.
+    *deltas, done = ask(client, daemon, {**body, "stream_interval_ms": 300})
+    assert 1 <= len(deltas) < done.body["usage"]["completion_tokens"]
+    assert [d.body["seq"] for d in deltas] == list(range(len(deltas)))
+    assert "".join(d.body["text"] for d in deltas) == done.body["text"]
+
+
+@pytest.mark.parametrize("bad", [-1, 5001, "10", 1.5])
+def test_a_bad_stream_interval_is_refused(client: Client, daemon: Daemon, bad):
+    reply = ask(client, daemon, {"prompt": "Hi", "stream": True, "stream_interval_ms": bad})[-1]
+    assert reply.body["code"] == "bad_request" and "stream_interval_ms" in reply.body["message"]
 
 
 def test_sentence_mode_streams_whole_sentences(client: Client, daemon: Daemon):

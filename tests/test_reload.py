@@ -117,6 +117,7 @@ EFFECTS: dict[str, tuple[Any, Any]] = {
             "top_k": 7,
             "repeat_penalty": 1.3,
             "system": "Be brief.",
+            "stream_interval_ms": 0,
         }.items()
     },
     "limits.max_tokens": (512, lambda s: s.engine.settings[1].max_tokens),
@@ -165,6 +166,7 @@ EFFECTS: dict[str, tuple[Any, Any]] = {
         for k, v in {"requests_per_min": 6.0, "burst": 2, "tokens_per_min": 500}.items()
     },
     "mqtt.reply_qos": (0, lambda s: s.door.cfg.mqtt.reply_qos),
+    "mqtt.delta_qos": (1, lambda s: s.door.cfg.mqtt.delta_qos),
     "model.n_threads": (1, lambda s: s.engine.limits["threads"]),
     "model.n_ctx": (1024, lambda s: s.engine.limits["n_ctx"]),
 }

@@ -68,6 +68,11 @@ class Generation:
         self._parts: list[str] = []
         self._notes: dict[str, Any] = {}
         self._seq = 0
+        interval = self.req.stream_interval_ms
+        self._interval_s = (gen.stream_interval_ms if interval is None else interval) / 1000
+        self._held_delta = ""  # streamed text not yet sent (coalescing)
+        self._last_delta_at = float("-inf")
+        self._now = 0.0
         self._n_out = 0
         self._first_at: float | None = None
         self._finish = "length"
@@ -91,6 +96,7 @@ class Generation:
         outcome = self._loop(tokens, max_new)
         usage = {"prompt_tokens": len(tokens), "completion_tokens": self._n_out}
         if outcome is not None:
+            self._send_held()
             self.job.finish_error(outcome[0], outcome[1], {"usage": usage, "text": self.text})
             return None
         return self._answer(len(tokens), started, fresh, gen_at)
@@ -156,10 +162,19 @@ class Generation:
             return
         self._parts.append(text)
         if self.req.stream is StreamMode.TOKENS:
-            self._delta(text)
+            # Coalesced: a listener gets at most one delta per interval, not one per token.
+            self._held_delta += text
+            if self._now - self._last_delta_at >= self._interval_s:
+                self._send_held()
         elif self._chunker is not None:
             for sentence in self._chunker.feed(text):
                 self._delta(sentence)
+
+    def _send_held(self) -> None:
+        if self._held_delta:
+            self._delta(self._held_delta)
+            self._held_delta = ""
+            self._last_delta_at = self._now
 
     def _delta(self, text: str) -> None:
         self.job.sink.delta(self.req, self._seq, text)
@@ -178,7 +193,7 @@ class Generation:
         )
         try:
             for token in stream:
-                now = self._clock()
+                self._now = now = self._clock()
                 if self._first_at is None:
                     self._first_at = now
                 self._on_token(now)
@@ -222,6 +237,7 @@ class Generation:
             usage = {"prompt_tokens": n_prompt, "completion_tokens": self._n_out}
             self.job.finish_error(ErrorCode.POLICY, verdict, {"usage": usage, "text": ""})
             return None
+        self._send_held()
         if self._chunker is not None:
             for sentence in self._chunker.flush():
                 self._delta(sentence)

@@ -239,9 +239,10 @@ class MqttFrontDoor:
         self._counters = counters
         self.transport: Transport | None = None
 
-    def _publish(self, reply: ReplyAddress, payload: bytes) -> None:
+    def _publish(self, reply: ReplyAddress, payload: bytes, qos: int | None = None) -> None:
         assert self.transport is not None
-        self.transport.publish(reply.topic, payload, self.cfg.mqtt.reply_qos, reply.correlation)
+        qos = self.cfg.mqtt.reply_qos if qos is None else qos
+        self.transport.publish(reply.topic, payload, qos, reply.correlation)
 
     def _reply_filters(self) -> list[str]:
         """Where replies may go: this node's reply tree, plus what policy.reply_topics adds."""
@@ -287,7 +288,9 @@ class MqttFrontDoor:
     # -- intake.Answers ------------------------------------------------------------------------
 
     def delta(self, request: Request, seq: int, text: str) -> None:
-        self._publish(request.reply, delta_payload(request.id, seq, text))
+        reply = request.reply
+        qos = self.cfg.mqtt.delta_qos if reply.delta_qos is None else reply.delta_qos
+        self._publish(reply, delta_payload(request.id, seq, text), qos)
 
     def done(self, request: Request, done: Done) -> bytes:
         payload = done_payload(request.id, done)

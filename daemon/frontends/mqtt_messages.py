@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -67,6 +67,8 @@ class _Body(BaseModel):
     reply_to: str | None = None
     priority: Literal["interactive", "background"] = "interactive"
     deadline_ms: int | None = Field(None, ge=1, le=86_400_000)
+    stream_interval_ms: int | None = Field(None, ge=0, le=5000)
+    delta_qos: Literal[0, 1, 2] | None = None
 
     @field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -182,12 +184,12 @@ def _request(
 ) -> Request:
     rid = body.id or new_id()
     if v5_reply is not None:
-        reply = v5_reply
+        reply = replace(v5_reply, delta_qos=body.delta_qos)
     elif body.reply_to is not None:
-        reply = ReplyAddress(body.reply_to)
+        reply = ReplyAddress(body.reply_to, delta_qos=body.delta_qos)
     else:
         # A named client's default replies go under its name: the LAN ACL lets it read there.
-        reply = ReplyAddress(topics.response_for(msg.client, rid))
+        reply = ReplyAddress(topics.response_for(msg.client, rid), delta_qos=body.delta_qos)
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if body.stream is True:
         stream = StreamMode.TOKENS
@@ -213,6 +215,7 @@ def _request(
         deadline=msg.received_at + _time_allowed(body, msg, limits),
         priority=Priority[body.priority.upper()],
         client=msg.client,
+        stream_interval_ms=body.stream_interval_ms,
     )
 
 
