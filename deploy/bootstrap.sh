@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what edgellm needs on Debian / Raspberry Pi OS: system packages, a venv, the package.
 # Usage: deploy/bootstrap.sh [--test]   (--test adds the test tools)
-# Environment: EDGELLM_VENV (default: .venv in the checkout).
+# Environment: EDGELLM_VENV (default: .venv in the checkout); EDGELLM_BOARD and CMAKE_ARGS as for
+# install.sh (the llama.cpp build flags: docs/DEPLOY.md, "Builds for the boards").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +35,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 # llama-cpp-python compiles llama.cpp here the first time (minutes on a Pi); pip caches the wheel.
+# The flags are the board's (deploy/boards.sh) unless CMAKE_ARGS is set; a wheel built once by
+# deploy/build-wheel.sh is used instead with PIP_FIND_LINKS=wheels/KIND.
+# shellcheck source=deploy/boards.sh
+source deploy/boards.sh
+board=$(board_resolve) || { echo "bootstrap.sh: unknown EDGELLM_BOARD $EDGELLM_BOARD" >&2; exit 2; }
+mapfile -t build_env < <(board_build_env "$board")
+model=$(board_model)
+echo "edgellm: board $board${model:+ ($model)}; llama.cpp ${build_env[0]}"
 echo "edgellm: installing the package into $venv (the first time builds llama.cpp: a few minutes)"
-"$venv/bin/python" -m pip install -q -e ".${extras}"
+env "${build_env[@]}" "$venv/bin/python" -m pip install -q -e ".${extras}"

@@ -20,10 +20,14 @@ Options:
   --no-model         do not fetch the default model
   --with-broker      also install mosquitto as a LAN broker with passwords and an ACL
                      (deploy/mosquitto/), and log the daemon in as user "edgellm"
-  --pip-args ARGS    extra arguments for pip install (e.g. "--no-index --find-links DIR")
+  --pip-args ARGS    extra arguments for pip install (e.g. "--find-links DIR": a llama-cpp-python
+                     wheel from deploy/build-wheel.sh, so that nothing compiles here)
   -h, --help         this text
 
-Environment: EDGELLM_BOARD=cpu|pi|jetson overrides the board detection (CUDA build on jetson).
+Environment:
+  EDGELLM_BOARD=KIND  overrides the board detection: pi5, pi4, pi3, jetson-orin, jetson-xavier,
+                      jetson-nano, jetson, x86, x86-portable, arm64, native (cpu and pi: native)
+  CMAKE_ARGS=...      llama.cpp build flags instead of the board's (docs/DEPLOY.md has the table)
 USAGE
 }
 
@@ -71,29 +75,19 @@ credential="$credstore/edgellm.mqtt_password"
 service_user=edgellm
 
 # -- the board ------------------------------------------------------------------------------------
-board=${EDGELLM_BOARD:-}
-if [[ -z "$board" ]]; then
-  if [[ -e /etc/nv_tegra_release ]]; then
-    board=jetson
-  elif grep -qs "Raspberry Pi" /proc/device-tree/model; then
-    board=pi
-  else
-    board=cpu
-  fi
-fi
-case "$board" in
-  jetson)
-    # JetPack keeps nvcc outside PATH.
-    build_env=(CMAKE_ARGS=-DGGML_CUDA=on CUDACXX=/usr/local/cuda/bin/nvcc
-      "PATH=/usr/local/cuda/bin:$PATH")
-    ;;
-  pi | cpu)
-    # llama.cpp's default GGML_NATIVE=ON builds for this CPU: NEON (and dotprod on a Pi 5).
-    build_env=()
-    ;;
-  *) echo "install.sh: EDGELLM_BOARD must be cpu, pi or jetson, not $board" >&2; exit 2 ;;
-esac
-say "board: $board; installing into ${root:-/}$([[ $dry_run -eq 1 ]] && echo ' (dry run)')"
+# shellcheck source=deploy/boards.sh
+source "$(dirname "$0")/boards.sh"
+board=$(board_resolve) || {
+  echo "install.sh: EDGELLM_BOARD must be one of: $BOARD_KINDS (or cpu, pi), not $EDGELLM_BOARD" >&2
+  exit 2
+}
+# The llama.cpp flags for this board (deploy/boards.sh); a CMAKE_ARGS set by the caller wins.
+mapfile -t build_env < <(board_build_env "$board")
+model=$(board_model)
+from=""
+[[ -v CMAKE_ARGS ]] && from=" (from the environment)"
+say "board: $board${model:+ ($model)}; llama.cpp ${build_env[0]}$from"
+say "installing into ${root:-/}$([[ $dry_run -eq 1 ]] && echo ' (dry run)')"
 
 # -- system packages ------------------------------------------------------------------------------
 find_python() {
@@ -157,12 +151,13 @@ else
   src=$(mktemp -d)
   trap 'rm -rf "$src"' EXIT
 fi
-run tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
-  --exclude=__pycache__ --exclude='./.*_cache' --exclude=./.hypothesis -cf "$src/tree.tar" .
+run tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./wheels \
+  --exclude='*.egg-info' --exclude=__pycache__ --exclude='./.*_cache' --exclude=./.hypothesis \
+  -cf "$src/tree.tar" .
 run tar -C "$src" -xf "$src/tree.tar"
-run env ${build_env[@]+"${build_env[@]}"} "$venv/bin/python" -m pip install -q \
+run env "${build_env[@]}" "$venv/bin/python" -m pip install -q \
   --disable-pip-version-check ${pip_args[@]+"${pip_args[@]}"} "$src"
-if [[ $board == jetson && $dry_run -eq 0 ]] &&
+if board_is_jetson "$board" && [[ $dry_run -eq 0 ]] &&
   ! "$venv/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())'; then
   # pip reused a CPU-only wheel from its cache: build llama-cpp-python again, with CUDA.
   spec=$("$venv/bin/python" -c 'from importlib.metadata import requires
@@ -253,7 +248,7 @@ fi
 # -- the unit -------------------------------------------------------------------------------------
 run mkdir -p "$unit_dir"
 run install -m 0644 "$repo/systemd/edgellm.service" "$unit_dir/edgellm.service"
-if [[ $board == jetson ]]; then
+if board_is_jetson "$board"; then
   say "Jetson: GPU access drop-in $unit_dir/edgellm.service.d/jetson.conf"
   run mkdir -p "$unit_dir/edgellm.service.d"
   run install -m 0644 "$repo/systemd/edgellm-jetson.conf" "$unit_dir/edgellm.service.d/jetson.conf"
