@@ -138,6 +138,8 @@ def measure_slice(
     another process cannot hold the worker. The prompt's prefix stays in the KV cache between
     slices, so a slice costs almost no prompt processing.
     """
+    if abandon():
+        return None
     llama_compat.set_threads(llm, threads)
     llm.set_seed(1)
     stamps: list[float] = []

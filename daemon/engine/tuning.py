@@ -17,6 +17,8 @@ from daemon.engine.sweep import CONTENDED_CORES, Sweeper, SweepResult, disagrees
 
 log = structlog.get_logger(__name__)
 
+# What the sweep's slices decode (greedy); the warm-up leaves it in the KV cache.
+SWEEP_PROMPT = "Count slowly from one to one hundred."
 FIRST_BACKOFF_S = 10.0
 MAX_BACKOFF_S = 600.0
 # Jobs in a row whose decode was far slower than the sweep said before measuring again.

@@ -17,7 +17,7 @@ from daemon.engine.limits import LiveLimits
 from daemon.engine.loading import ModelInfo
 from daemon.engine.prompt import Prompter
 from daemon.engine.sweep import SweepResult
-from daemon.engine.tuning import ThreadTuner
+from daemon.engine.tuning import SWEEP_PROMPT, ThreadTuner
 from daemon.requests import ErrorCode, Job, JobQueue, QueueFull
 from daemon.safeguards.policy import Classifier
 
@@ -333,11 +333,12 @@ class Engine:
         """Evaluate the chat prefix every request shares (system prompt, first role header).
 
         This pages the weights in and leaves that prefix in the KV cache, so the first real
-        request starts as fast as later ones: voice assistants wait on the first sentence.
+        request starts as fast as later ones: voice assistants wait on the first sentence. The
+        prompt is the thread sweep's, so its slices start with no prompt to evaluate either.
         """
         t0 = time.monotonic()
         assert self._prompter is not None
-        tokens = self._prompter.encode(prompt="Hi", messages=None, system=None)
+        tokens = self._prompter.encode(prompt=SWEEP_PROMPT, messages=None, system=None)
         self._llm.eval(tokens[: self._llm.n_ctx() - 1])
         return (time.monotonic() - t0) * 1000
 
@@ -357,7 +358,7 @@ class Engine:
         prompter = self._prompter
         threads = self._tuner.step(
             self._llm,
-            lambda: prompter.encode("Count slowly from one to one hundred.", None, None),
+            lambda: prompter.encode(SWEEP_PROMPT, None, None),
             self.threads,
             lambda: setattr(self, "heartbeat", self._clock()),
             lambda: bool(len(self._queue)) or self._stop.is_set(),
