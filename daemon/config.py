@@ -272,6 +272,20 @@ class GovernorConfig(_Section):
         return self
 
 
+class FleetConfig(_Section):
+    """Fleet mode: several nodes serve one shared request topic (docs/FLEET.md). MQTT v5 only."""
+
+    group: Annotated[str, Field(pattern=_NODE_ID.pattern)] | None = Field(
+        None, description="Also take requests of <prefix>/fleet/<group>/request; None: off."
+    )
+    start_within_s: float = Field(
+        1.0, ge=0, le=3600, description="Take a fleet request only if it can start this soon."
+    )
+    max_hops: int = Field(
+        3, ge=0, le=32, description="Hand-backs after which any node takes a fleet request."
+    )
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -299,12 +313,15 @@ class Config(_Section):
     policy: PolicyConfig = PolicyConfig()
     monitor: MonitorConfig = MonitorConfig()
     governor: GovernorConfig = GovernorConfig()
+    fleet: FleetConfig = FleetConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
         if self.generation.max_tokens > self.limits.max_tokens:
             raise ValueError("generation.max_tokens must not exceed limits.max_tokens")
+        if self.fleet.group is not None and self.node_id == "fleet":
+            raise ValueError("node_id 'fleet' is taken by the fleet topics <prefix>/fleet/...")
         return self
 
 

@@ -49,7 +49,7 @@ class Service:
         engine_factory: type[Engine] = Engine,
     ):
         self.cfg = cfg
-        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id)
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id, cfg.fleet.group)
         self.stop_event = threading.Event()
         # Signals land here (see on_signal); the main loop takes them off.
         self._signals: collections.deque[str] = collections.deque()
@@ -86,6 +86,9 @@ class Service:
         if self.verdict is not None:
             details["cpu_repack"] = self.verdict.repack
         details["request_topic"] = self.topics.request
+        if self.topics.group is not None and self.cfg.mqtt.protocol == "5":
+            topics = self.topics
+            details["fleet"] = {"group": topics.group, "request_topic": topics.fleet_request}
         return details
 
     def _status(self, state: str, reason: str | None = None) -> bytes:

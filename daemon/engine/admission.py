@@ -91,3 +91,19 @@ def wait_seconds(
         if other.request.priority <= job.request.priority and other.estimate_s is not None:
             total += other.estimate_s
     return total
+
+
+def backlog_seconds(current: Any, waiting: Iterable[Any], now: float) -> float | None:
+    """Seconds until a job queued now could start: what runs now and everything waiting.
+    0 when idle; None when something runs or waits that has no estimate yet."""
+    total = 0.0
+    if current is not None:
+        if current.estimate_s is None:
+            return None
+        started = current.started_at if current.started_at is not None else now
+        total += max(0.0, current.estimate_s - (now - started))
+    for other in waiting:
+        if other.estimate_s is None:
+            return None
+        total += other.estimate_s
+    return total

@@ -145,10 +145,8 @@ class Engine:
         With client, only a request of that client is cancelled.
         """
         with self._lock:
-            job = (
-                self._current if self._current and self._current.request.id == request_id else None
-            )
-            job = job or self._queue.find(request_id)
+            job, current = self._queue.find(request_id), self._current
+            job = current if current and current.request.id == request_id else job
         if job is None or (client is not None and job.request.client != client):
             return False
         job.cancelled.set()
@@ -186,6 +184,11 @@ class Engine:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def backlog_s(self) -> float | None:
+        """Seconds until a new job could start: 0 when idle, None when busy with no estimate."""
+        with self._lock:
+            return admission.backlog_seconds(self._current, self._queue.snapshot(), self._clock())
 
     @property
     def busy(self) -> bool:
@@ -308,9 +311,8 @@ class Engine:
     def _load(self) -> None:
         t0 = time.monotonic()
         llm, self.info, template = loading.load(self._path, self._name, self._mcfg, self._repack)
-        self._prompter = Prompter(
-            llm, self._name, self._gen, self._policy, template, self._classifier
-        )
+        gen, policy = self._gen, self._policy
+        self._prompter = Prompter(llm, self._name, gen, policy, template, self._classifier)
         self._llm = llm
         self._limits_now.threads = self.info.n_threads
         self._limits_now.n_ctx = llm.n_ctx()
