@@ -9,6 +9,7 @@ to the free one.
 from __future__ import annotations
 
 import json
+import queue
 import time
 import uuid
 from collections import Counter
@@ -17,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from daemon import config
 from daemon.engine.admission import backlog_seconds
-from daemon.frontends.mqtt import FLEET_HOPS, MqttFrontDoor, _hops
+from daemon.frontends.mqtt import FLEET_HOPS, MqttFrontDoor, Transport, _hops
 from daemon.frontends.mqtt_messages import Incoming
 from daemon.frontends.topics import Topics
 from daemon.reload import plan_reload
-from tests.helpers import Broker, Client, Daemon
+from tests.helpers import Broker, Client, Daemon, poll
 
 TOPICS = Topics("edgellm", "kitchen", "house")
 
@@ -159,6 +162,51 @@ def test_a_node_hands_back_what_it_cannot_start_soon(
     )
     assert bool(transport.handed_back) == handed_back
     assert bool(intake.taken) == (not handed_back and accepting)
+
+
+# -- the transport on a real broker (no model) -----------------------------------------------
+
+
+@pytest.mark.parametrize(("protocol", "serves_group"), [("5", True), ("3.1.1", False)])
+def test_the_transport_joins_the_group_over_mqtt5_only(
+    broker: Broker, client: Client, protocol: str, serves_group: bool
+):
+    cfg = config.parse(
+        {
+            "mqtt": {"host": broker.host, "port": broker.port, "protocol": protocol},
+            "fleet": {"group": "house"},
+        }
+    )
+    topics = Topics("edgellm", f"n{uuid.uuid4().hex[:6]}", f"g{uuid.uuid4().hex[:6]}")
+    got: queue.Queue[Incoming] = queue.Queue()
+    transport = Transport(
+        cfg.mqtt, topics, f"edgellm-{topics.node_id}", None, got.put, lambda *_a: None, b"off"
+    )
+    transport.start()
+    try:
+        poll(transport.ready.is_set, 10, "the SUBACK")
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "r/q1"
+        props.CorrelationData = b"c1"
+        props.UserProperty = [(FLEET_HOPS, "1")]
+        client.c.publish(topics.fleet_client_request("alice"), b"hi", 1, properties=props)
+        client.publish(topics.request, "own")  # the node's own topic, served either way
+        arrived = {m.payload: m for m in (got.get(timeout=5) for _ in range(1 + serves_group))}
+        assert arrived[b"own"].fleet_hops is None
+        if not serves_group:
+            with pytest.raises(queue.Empty):  # the group's request never reaches a 3.1.1 node
+                got.get(timeout=0.5)
+            return
+        first = arrived[b"hi"]
+        assert (first.payload, first.client, first.fleet_hops) == (b"hi", "alice", 1)
+        assert (first.response_topic, first.correlation) == ("r/q1", b"c1")
+        # Handed back, it reaches the group again (here its only member) one hop further on.
+        transport.hand_back(first)
+        again = got.get(timeout=5)
+        assert (again.payload, again.client, again.fleet_hops) == (b"hi", "alice", 2)
+        assert (again.response_topic, again.correlation) == ("r/q1", b"c1")
+    finally:
+        transport.stop()
 
 
 # -- two real nodes in one group ---------------------------------------------------------------
