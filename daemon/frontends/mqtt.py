@@ -324,9 +324,7 @@ class MqttFrontDoor:
             # list (another device's command topic, say), whatever the broker would allow.
             self._counters["reply_topic_refused"] += 1
             log.warning("reply_topic_refused", id=req.id, client=req.client)
-            default = ReplyAddress(
-                msg.default_reply(self._topics, req.id).topic, req.reply.correlation
-            )
+            default = ReplyAddress(msg.default_reply(self._topics, req.id), req.reply.correlation)
             self.refuse(
                 Rejection(
                     ErrorCode.BAD_REQUEST,

@@ -45,12 +45,12 @@ class Incoming:
     # (docs/FLEET.md). None: a request to this node's own topic.
     fleet_hops: int | None = None
 
-    def default_reply(self, topics: Topics, rid: str) -> ReplyAddress:
+    def default_reply(self, topics: Topics, rid: str) -> str:
         """Where replies go when the request names no reply address: the node's reply tree, or
         for a fleet request the group's (its client cannot know which node will answer)."""
         if self.fleet_hops is not None:
-            return ReplyAddress(topics.fleet_response_for(self.client, rid), self.correlation)
-        return ReplyAddress(topics.response_for(self.client, rid), self.correlation)
+            return topics.fleet_response_for(self.client, rid)
+        return topics.response_for(self.client, rid)
 
 
 class _Message(BaseModel):
@@ -124,7 +124,7 @@ class _Rejector:
         if reply is None and reply_to is not None:
             reply = ReplyAddress(reply_to)
         if reply is None and rid is not None:
-            reply = ReplyAddress(self._msg.default_reply(self._topics, rid).topic)
+            reply = ReplyAddress(self._msg.default_reply(self._topics, rid))
         return Rejection(code, text, rid, reply, self._msg.client)
 
 
@@ -197,7 +197,7 @@ def _request(
         reply = ReplyAddress(body.reply_to)
     else:
         # A named client's default replies go under its name: the LAN ACL lets it read there.
-        reply = ReplyAddress(msg.default_reply(topics, rid).topic)
+        reply = ReplyAddress(msg.default_reply(topics, rid))
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if body.stream is True:
         stream = StreamMode.TOKENS
