@@ -1,14 +1,18 @@
 """Fleet mode: requests/s of one node vs two in a group, and where a short request goes while
 one node is busy on a long generation.
 
-Every node runs with one generation thread (model.n_threads 1, governor.thread_sweep off), so
-two nodes fit a small machine. Throughput: --requests short requests (max_tokens --max-tokens,
-greedy) sent by one MQTT v5 client keeping --window without a terminal reply; requests/s from
-the first send to the last terminal reply (after --warmup requests that measure each node's
-speeds). First once to the group's shared topic while A is its only member; then B joins and
---rounds rounds alternate A alone (its own topic, B idle) and the group of two (the shared
-topic), so that a change in the machine's other load hits both alike. Target: two nodes >= 1.8x
-one (the median of the rounds' ratios).
+Every node runs with one generation thread (model.n_threads 1, governor.thread_sweep off), and
+each is pinned to a CPU of its own (its affinity, set when it starts), as if on a one-core device
+of its own: unpinned, each node's prompt processing would use every CPU (n_threads_batch is the
+usable CPU count) and two co-located nodes would fight over them.
+
+Throughput: --requests short requests (max_tokens --max-tokens, greedy) sent by one MQTT v5
+client keeping --window without a terminal reply; requests/s from the first send to the last
+terminal reply (after --warmup requests that measure each node's speeds). First once to the
+group's shared topic while A is its only member; then B joins and --rounds rounds alternate A
+alone (its own topic, B idle) and the group of two (the shared topic), so that a change in the
+machine's other load hits both alike. Target: two nodes >= 1.8x one (the median of the
+rounds' ratios).
 
 Routing: a --long-tokens generation is sent to node A's own topic; once it streams, --shorts
 short requests go one after another to the shared topic. Target: every one answered by B (the
@@ -18,9 +22,11 @@ short requests go one after another to the shared topic. Target: every one answe
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from bench.common import Broker, Daemon, Tally, free_port, outcomes, report, run_windowed, workdir
@@ -36,6 +42,19 @@ def settings(group: str) -> dict[str, Any]:
         "governor": {"thread_sweep": False},
         "limits": {"queue_size": 32},
     }
+
+
+def start_pinned(broker: Broker, tmp: Path, group: str, cpu: int | None) -> Daemon:
+    """A fleet node whose process may run on `cpu` only (None: anywhere); online when returned."""
+    mine = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # the daemon inherits it when it is started
+    try:
+        d = Daemon(broker, tmp, settings=settings(group)).start(wait_online=False)
+    finally:
+        os.sched_setaffinity(0, mine)
+    d.wait_status("online", timeout=120)
+    return d
 
 
 def throughput(
@@ -131,6 +150,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--shorts", type=int, default=5)
     ap.add_argument("--long-tokens", type=int, default=400)
+    ap.add_argument("--no-pin", action="store_true", help="do not pin each node to a CPU")
     args = ap.parse_args()
 
     tmp = workdir()
@@ -141,12 +161,14 @@ def main() -> None:
     tally = Tally(broker, f"edgellm/fleet/{group}/response/bench")
     rounds: list[dict[str, Any]] = []
     try:
-        a = Daemon(broker, tmp, settings=settings(group)).start()
+        cpus = sorted(os.sched_getaffinity(0))
+        pins = cpus[:2] if len(cpus) >= 2 and not args.no_pin else [None, None]
+        a = start_pinned(broker, tmp, group, pins[0])
         nodes.append(a)
         warm(tally, f"{a.prefix}/request", args.warmup, "a")
         shape = (args.requests, args.window, args.max_tokens)
         alone_in_group = throughput(tally, shared, *shape, "group1")
-        b = Daemon(broker, tmp, settings=settings(group)).start()
+        b = start_pinned(broker, tmp, group, pins[1])
         nodes.append(b)
         warm(tally, f"{b.prefix}/request", args.warmup, "b")
         for r in range(args.rounds):
@@ -163,7 +185,7 @@ def main() -> None:
     report(
         "fleet",
         {
-            "settings": {**vars(args), "threads_per_node": 1},
+            "settings": {**vars(args), "threads_per_node": 1, "node_cpus": pins},
             "one_node_alone_in_group": alone_in_group,
             "rounds": rounds,
             "one_node_rps_median": statistics.median(
