@@ -1,7 +1,7 @@
 """What does mosquitto do with a busy member of an MQTT v5 shared subscription?
 
 Two paho v5 subscribers, A and B, on `$share/g/x/request`, a publisher sending QoS 1 messages
-to `x/request` one at a time (each waits for its PUBACK, then 50 ms). Four scenarios:
+to `x/request` one at a time (each waits for its PUBACK, then 50 ms). Five scenarios:
 
 - default: default Receive Maximum, automatic acks. Where does each message go?
 - hold: both connect with Receive Maximum 1 and acknowledge by hand; A holds the PUBACK of the
@@ -14,7 +14,8 @@ to `x/request` one at a time (each waits for its PUBACK, then 50 ms). Four scena
 - hand-back: automatic acks; A, busy after its first message, publishes every further one back
   to the shared topic (what edgellm's fleet mode does): where does it land?
 
-Prints, per scenario, each message's receiver and how long after publishing it arrived
+Prints, per scenario, each message's receivers and how long after publishing it reached each
+(in hand-back, A's entries are the deliveries it gave back)
 (a message queued behind A's held ack arrives only after A releases it).
 """
 
