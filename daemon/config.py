@@ -284,6 +284,20 @@ class GovernorConfig(_Section):
         return self
 
 
+class FleetConfig(_Section):
+    """Fleet mode: several nodes serve one shared request topic (docs/FLEET.md). MQTT v5 only."""
+
+    group: Annotated[str, Field(pattern=_NODE_ID.pattern)] | None = Field(
+        None, description="Also take requests of <prefix>/fleet/<group>/request; None: off."
+    )
+    start_within_s: float = Field(
+        1.0, ge=0, le=3600, description="Take a fleet request only if it can start this soon."
+    )
+    max_hops: int = Field(
+        3, ge=0, le=32, description="Hand-backs after which any node takes a fleet request."
+    )
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -311,12 +325,15 @@ class Config(_Section):
     policy: PolicyConfig = PolicyConfig()
     monitor: MonitorConfig = MonitorConfig()
     governor: GovernorConfig = GovernorConfig()
+    fleet: FleetConfig = FleetConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
         if self.generation.max_tokens > self.limits.max_tokens:
             raise ValueError("generation.max_tokens must not exceed limits.max_tokens")
+        if self.fleet.group is not None and self.node_id == "fleet":
+            raise ValueError("node_id 'fleet' is taken by the fleet topics <prefix>/fleet/...")
         return self
 
 
@@ -371,22 +388,3 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for key in parents:
         node = node.setdefault(key, {})
     node[leaf] = value
-
-
-def mqtt_password(cfg: MqttConfig) -> str | None:
-    """The broker password from, in order: the environment, systemd credentials, file, YAML."""
-    if os.environ.get(ENV_PASSWORD):
-        return os.environ[ENV_PASSWORD]
-    cred_dir = os.environ.get(ENV_CREDENTIALS)
-    if cred_dir and (Path(cred_dir) / "mqtt_password").is_file():
-        return _first_line(Path(cred_dir) / "mqtt_password")
-    if cfg.password_file is not None:
-        return _first_line(cfg.password_file)
-    return cfg.password.get_secret_value() if cfg.password else None
-
-
-def _first_line(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()[0].strip()
-    except (OSError, IndexError) as err:
-        raise ConfigError(f"mqtt.password_file: cannot read a password from {path}") from err

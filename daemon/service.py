@@ -12,7 +12,8 @@ from typing import Any
 import structlog
 
 from daemon import __version__, config, logsetup, models
-from daemon.config import Config, mqtt_password
+from daemon.config import Config
+from daemon.credentials import mqtt_password
 from daemon.engine import Engine, EngineError, ModelInfo, cpuprobe, default_threads
 from daemon.frontends.mqtt import MqttFrontDoor, Transport
 from daemon.frontends.mqtt_messages import status_payload, telemetry_payload
@@ -49,7 +50,7 @@ class Service:
         engine_factory: type[Engine] = Engine,
     ):
         self.cfg = cfg
-        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id)
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.node_id, cfg.fleet.group)
         self.stop_event = threading.Event()
         # Signals land here (see on_signal); the main loop takes them off.
         self._signals: collections.deque[str] = collections.deque()
@@ -86,6 +87,9 @@ class Service:
         if self.verdict is not None:
             details["cpu_repack"] = self.verdict.repack
         details["request_topic"] = self.topics.request
+        if self.topics.group is not None and self.cfg.mqtt.protocol == "5":
+            topics = self.topics
+            details["fleet"] = {"group": topics.group, "request_topic": topics.fleet_request}
         return details
 
     def _status(self, state: str, reason: str | None = None) -> bytes:

@@ -433,3 +433,30 @@ def test_the_real_daemon_serves_through_the_acl(
         assert set(seen) <= {f"{d.prefix}/status", f"{d.prefix}/telemetry"}
     finally:
         assert d.stop() == 0
+
+
+def test_fleet_topics_through_the_acl(login: Any) -> None:
+    """Fleet mode (docs/FLEET.md): the daemon's shared subscription gets a user's request to the
+    group, it may hand the request back under the same name and reply in the group's tree; a
+    user asks and cancels only under its own name and reads only its own replies there."""
+    daemon, alice, bob = login("edgellm"), login("alice"), login("bob")
+    daemon.subscribe("$share/house/edgellm/fleet/house/request")
+    daemon.subscribe("$share/house/edgellm/fleet/house/request/+")
+    daemon.subscribe("edgellm/fleet/house/cancel/+")
+    alice.subscribe("edgellm/fleet/house/response/alice/#")
+    bob.subscribe("edgellm/fleet/house/response/#")  # bob may read only his own
+    alice.publish("edgellm/fleet/house/request/alice", '{"id": "q1", "prompt": "hi"}')
+    alice.publish("edgellm/fleet/house/request/bob", '{"id": "q2", "prompt": "hi"}')  # refused
+    alice.publish("edgellm/fleet/house/cancel/alice", '{"id": "q1"}')
+    assert [t for t, _ in daemon.received()] == [
+        "edgellm/fleet/house/request/alice",
+        "edgellm/fleet/house/cancel/alice",
+    ]
+    # A hand-back: the daemon publishes the request to the group again, under alice's name.
+    daemon.publish("edgellm/fleet/house/request/alice", '{"id": "q1", "prompt": "hi"}')
+    assert [t for t, _ in daemon.received()] == ["edgellm/fleet/house/request/alice"]
+    daemon.publish("edgellm/fleet/house/response/alice/q1", '{"type": "done", "id": "q1"}')
+    assert alice.received() == [
+        ("edgellm/fleet/house/response/alice/q1", '{"type": "done", "id": "q1"}')
+    ]
+    assert bob.received() == []

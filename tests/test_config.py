@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import config
+from daemon import config, credentials
 from daemon.config import ConfigError
 from tests.helpers import REPO
 
@@ -75,16 +75,16 @@ def test_password_sources_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     pw_file.write_text("from-file\n")
     monkeypatch.delenv(config.ENV_PASSWORD, raising=False)
     monkeypatch.delenv(config.ENV_CREDENTIALS, raising=False)
-    assert config.mqtt_password(config.parse({"mqtt": {"password": "yaml"}}).mqtt) == "yaml"
+    assert credentials.mqtt_password(config.parse({"mqtt": {"password": "yaml"}}).mqtt) == "yaml"
     cfg = config.parse({"mqtt": {"password_file": str(pw_file)}}).mqtt
-    assert config.mqtt_password(cfg) == "from-file"
+    assert credentials.mqtt_password(cfg) == "from-file"
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "mqtt_password").write_text("from-credential")
     monkeypatch.setenv(config.ENV_CREDENTIALS, str(creds))
-    assert config.mqtt_password(cfg) == "from-credential"
+    assert credentials.mqtt_password(cfg) == "from-credential"
     monkeypatch.setenv(config.ENV_PASSWORD, "from-env")
-    assert config.mqtt_password(cfg) == "from-env"
+    assert credentials.mqtt_password(cfg) == "from-env"
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess:

@@ -10,6 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.config import GenerationConfig, LimitsConfig
+from daemon.requests import Request
+
 # Tokens per character of English text for the small BPE tokenizers edgellm ships (SmolLM2:
 # ~4.2 characters a token on prose); an estimate, corrected by nothing but the deadline.
 CHARS_PER_TOKEN = 4.0
@@ -91,3 +94,24 @@ def wait_seconds(
         if other.request.priority <= job.request.priority and other.estimate_s is not None:
             total += other.estimate_s
     return total
+
+
+def backlog_seconds(current: Any, waiting: Iterable[Any], now: float) -> float | None:
+    """Seconds until a job queued now could start: what runs now and everything waiting.
+    0 when idle; None when something runs or waits that has no estimate yet."""
+    total = 0.0
+    if current is not None:
+        if current.estimate_s is None:
+            return None
+        started = current.started_at if current.started_at is not None else now
+        total += max(0.0, current.estimate_s - (now - started))
+    for other in waiting:
+        if other.estimate_s is None:
+            return None
+        total += other.estimate_s
+    return total
+
+
+def max_new(req: Request, gen: GenerationConfig, limits: LimitsConfig) -> int:
+    """The most tokens a request may generate: its max_tokens (or the default), clamped."""
+    return int(min(req.max_tokens or gen.max_tokens, limits.max_tokens))

@@ -98,14 +98,14 @@ class Engine:
         return self.info
 
     def submit(self, job: Job) -> None:
-        """Queue a job; raises QueueFull (answer busy), DuplicateId or WouldMissDeadline.
-
-        A full queue makes room for an interactive job by answering the newest background one
-        `busy`.
-        """
+        """Queue a job; raises QueueFull (answer busy), DuplicateId or WouldMissDeadline. A full
+        queue makes room for an interactive job by answering the newest background one `busy`."""
         req = job.request
         job.estimate_s = admission.job_seconds(
-            admission.prompt_chars(req), self._max_new(req), self.rates(), self.n_ctx
+            admission.prompt_chars(req),
+            admission.max_new(req, self._gen, self._limits),
+            self.rates(),
+            self.n_ctx,
         )
         with self._lock:
             current = self._current
@@ -146,10 +146,8 @@ class Engine:
         With client, only a request of that client is cancelled.
         """
         with self._lock:
-            job = (
-                self._current if self._current and self._current.request.id == request_id else None
-            )
-            job = job or self._queue.find(request_id)
+            job, current = self._queue.find(request_id), self._current
+            job = current if current and current.request.id == request_id else job
         if job is None or (client is not None and job.request.client != client):
             return False
         job.cancelled.set()
@@ -192,6 +190,11 @@ class Engine:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def backlog_s(self) -> float | None:
+        """Seconds until a new job could start: 0 when idle, None when busy with no estimate."""
+        with self._lock:
+            return admission.backlog_seconds(self._current, self._queue.snapshot(), self._clock())
 
     @property
     def busy(self) -> bool:
@@ -310,9 +313,8 @@ class Engine:
     def _load(self) -> None:
         t0 = time.monotonic()
         llm, self.info, template = loading.load(self._path, self._name, self._mcfg, self._repack)
-        self._prompter = Prompter(
-            llm, self._name, self._gen, self._policy, template, self._classifier
-        )
+        gen, policy = self._gen, self._policy
+        self._prompter = Prompter(llm, self._name, gen, policy, template, self._classifier)
         self._llm = llm
         self._limits_now.threads = self.info.n_threads
         self._limits_now.n_ctx = llm.n_ctx()
@@ -372,10 +374,6 @@ class Engine:
             self._llm = None
             log.info("model_closed", model=self._name)
 
-    def _max_new(self, req: Any) -> int:
-        wanted = req.max_tokens or self._gen.max_tokens
-        return int(min(wanted, self._limits.max_tokens))
-
     def _run(self, job: Job) -> None:
         """Run one job to its terminal reply (daemon/engine/generation.py); keep its speeds."""
         assert self._prompter is not None
@@ -384,7 +382,7 @@ class Engine:
             self._llm,
             self._prompter,
             self._gen,
-            self._max_new(job.request),
+            admission.max_new(job.request, self._gen, self._limits),
             self._clock,
             self._on_token,
         ).run()

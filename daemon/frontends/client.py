@@ -15,7 +15,8 @@ from typing import Any
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.config import Config, mqtt_password
+from daemon.config import Config
+from daemon.credentials import mqtt_password
 from daemon.frontends.mqtt import make_client
 from daemon.frontends.topics import Topics
 from daemon.requests import new_id

@@ -36,6 +36,8 @@ from daemon.safeguards.policy import reply_topic_allowed
 
 log = structlog.get_logger(__name__)
 
+# The MQTT v5 user property counting how often nodes handed a fleet request back to the group.
+FLEET_HOPS = "edgellm-hops"
 # CONNACK reason codes that retrying cannot fix (MQTT 5 spec 3.2.2.2; paho maps 3.1.1's 4/5 here).
 _FATAL_CONNACK = {134: "bad user name or password", 135: "not authorized"}
 
@@ -90,6 +92,10 @@ class Transport:
         self._on_request = on_request
         self._on_cancel = on_cancel
         self._v5 = cfg.protocol == "5"
+        # Shared subscriptions are MQTT v5 (spec 4.8.2): under 3.1.1 the node stays single.
+        self._fleet = topics.group is not None and self._v5
+        if topics.group is not None and not self._v5:
+            log.warning("fleet_needs_mqtt5", group=topics.group, protocol=cfg.protocol)
         self._status: bytes | None = None
         # Orders set_status() against the SUBACK handler, so `online` is published exactly
         # once the model is ready and the request topic is subscribed, whichever comes last.
@@ -178,14 +184,11 @@ class Transport:
             return
         log.info("mqtt_connected")
         # Subscribing here renews the subscriptions after every reconnect (paho's README).
-        _rc, self._sub_mid = client.subscribe(
-            [
-                (self._topics.request, 1),
-                (self._topics.client_requests, 1),
-                (self._topics.cancel, 1),
-                (self._topics.client_cancels, 1),
-            ]
-        )
+        topics = self._topics
+        filters = [topics.request, topics.client_requests, topics.cancel, topics.client_cancels]
+        if self._fleet:
+            filters += [*topics.fleet_shares, *topics.fleet_cancels]
+        _rc, self._sub_mid = client.subscribe([(f, 1) for f in filters])
 
     def _handle_subscribe(
         self, client: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any
@@ -200,7 +203,11 @@ class Transport:
             if self._status is not None:
                 client.publish(self._topics.status, self._status, qos=1, retain=True)
             self.ready.set()
-        log.info("mqtt_subscribed", request=self._topics.request)
+        log.info(
+            "mqtt_subscribed",
+            request=self._topics.request,
+            fleet=self._topics.fleet_request if self._fleet else None,
+        )
 
     def _handle_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.ready.clear()
@@ -210,11 +217,18 @@ class Transport:
     def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = time.monotonic()
         payload = bytes(msg.payload)
-        canceller = self._topics.client_of(msg.topic, "cancel")
+        topics = self._topics
+        canceller = topics.client_of(msg.topic, "cancel")
+        if canceller is None and self._fleet:
+            canceller = topics.fleet_client_of(msg.topic, "cancel")
         if canceller is not None:
             self._on_cancel(payload, canceller)
             return
-        client = self._topics.client_of(msg.topic)
+        hops = None
+        client = topics.client_of(msg.topic)
+        if client is None and self._fleet:
+            client = topics.fleet_client_of(msg.topic)
+            hops = 0
         if client is None:
             return
         response_topic = correlation = expiry = None
@@ -223,7 +237,34 @@ class Transport:
             response_topic = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)
             expiry = getattr(props, "MessageExpiryInterval", None)
-        self._on_request(Incoming(payload, response_topic, correlation, received, expiry, client))
+            if hops is not None:
+                hops = _hops(getattr(props, "UserProperty", None))
+        incoming = Incoming(payload, response_topic, correlation, received, expiry, client, hops)
+        self._on_request(incoming)
+
+    def hand_back(self, msg: Incoming) -> None:
+        """Publish a fleet request back to the group's topic, one hop more: the broker hands it
+        to another member (mosquitto 2.0 takes members in turn; see docs/FLEET.md)."""
+        props = Properties(PacketTypes.PUBLISH)
+        if msg.response_topic is not None:
+            props.ResponseTopic = msg.response_topic
+        if msg.correlation is not None:
+            props.CorrelationData = msg.correlation
+        if msg.expiry_s:
+            props.MessageExpiryInterval = msg.expiry_s
+        props.UserProperty = [(FLEET_HOPS, str((msg.fleet_hops or 0) + 1))]
+        topics = self._topics
+        topic = topics.fleet_client_request(msg.client) if msg.client else topics.fleet_request
+        self._client.publish(topic, msg.payload, qos=1, properties=props)
+
+
+def _hops(user_properties: Any) -> int:
+    """The hand-back count a fleet request carries (0 when none, or not a number)."""
+    for key, value in user_properties or ():
+        if key == FLEET_HOPS:
+            with contextlib.suppress(ValueError):
+                return max(0, int(value))
+    return 0
 
 
 class MqttFrontDoor:
@@ -245,11 +286,35 @@ class MqttFrontDoor:
         self.transport.publish(reply.topic, payload, qos, reply.correlation)
 
     def _reply_filters(self) -> list[str]:
-        """Where replies may go: this node's reply tree, plus what policy.reply_topics adds."""
-        return [self._topics.replies, *(self.cfg.policy.reply_topics or [])]
+        """Where replies may go: this node's reply tree (and its fleet's), plus what
+        policy.reply_topics adds."""
+        fleet = [self._topics.fleet_replies] if self._topics.group is not None else []
+        return [self._topics.replies, *fleet, *(self.cfg.policy.reply_topics or [])]
+
+    def _hand_back(self, msg: Incoming) -> bool:
+        """Give a fleet request back to the group when this node could not start it soon.
+
+        mosquitto hands a shared subscription's messages to its members in turn, busy or not
+        (bench/fleet_broker.py; Receive Maximum only queues them behind the busy one), so the
+        node itself sends on what it cannot start within fleet.start_within_s. After
+        fleet.max_hops hand-backs a node takes it whatever its queue: every node is busy.
+        """
+        hops = msg.fleet_hops
+        if hops is None or hops >= self.cfg.fleet.max_hops or self.transport is None:
+            return False
+        backlog = self._intake.engine.backlog_s()
+        soon = backlog is not None and backlog <= self.cfg.fleet.start_within_s
+        if self._intake.accepting and soon:
+            return False
+        self._counters["fleet_handed_back"] += 1
+        log.info("fleet_hand_back", hops=hops + 1, backlog_s=backlog, client=msg.client)
+        self.transport.hand_back(msg)
+        return True
 
     def on_request(self, msg: Incoming) -> None:
         """A message on a request topic: parse it, check its reply topic, hand it to intake."""
+        if self._hand_back(msg):
+            return
         parsed = parse_request(msg, self._topics, self.cfg.limits)
         if isinstance(parsed, Rejection):
             self.refuse(parsed)
@@ -260,9 +325,7 @@ class MqttFrontDoor:
             # list (another device's command topic, say), whatever the broker would allow.
             self._counters["reply_topic_refused"] += 1
             log.warning("reply_topic_refused", id=req.id, client=req.client)
-            default = ReplyAddress(
-                self._topics.response_for(req.client, req.id), req.reply.correlation
-            )
+            default = ReplyAddress(msg.default_reply(self._topics, req.id), req.reply.correlation)
             self.refuse(
                 Rejection(
                     ErrorCode.BAD_REQUEST,
@@ -293,12 +356,12 @@ class MqttFrontDoor:
         self._publish(reply, delta_payload(request.id, seq, text), qos)
 
     def done(self, request: Request, done: Done) -> bytes:
-        payload = done_payload(request.id, done)
+        payload = done_payload(request.id, done, node=self._topics.node_id)
         self._publish(request.reply, payload)
         return payload
 
     def error(self, request: Request, code: ErrorCode, message: str, extra: dict) -> bytes:
-        payload = error_payload(request.id, code, message, extra)
+        payload = error_payload(request.id, code, message, {**extra, "node": self._topics.node_id})
         self._publish(request.reply, payload)
         return payload
 

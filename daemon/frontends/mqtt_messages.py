@@ -41,6 +41,16 @@ class Incoming:
     # The MQTT v5 Message Expiry Interval left when the broker delivered it (seconds).
     expiry_s: int | None = None
     client: str = ""
+    # A request to the fleet's shared topic: how often nodes have handed it back to the group
+    # (docs/FLEET.md). None: a request to this node's own topic.
+    fleet_hops: int | None = None
+
+    def default_reply(self, topics: Topics, rid: str) -> str:
+        """Where replies go when the request names no reply address: the node's reply tree, or
+        for a fleet request the group's (its client cannot know which node will answer)."""
+        if self.fleet_hops is not None:
+            return topics.fleet_response_for(self.client, rid)
+        return topics.response_for(self.client, rid)
 
 
 class _Message(BaseModel):
@@ -116,7 +126,7 @@ class _Rejector:
         if reply is None and reply_to is not None:
             reply = ReplyAddress(reply_to)
         if reply is None and rid is not None:
-            reply = ReplyAddress(self._topics.response_for(self._msg.client, rid))
+            reply = ReplyAddress(self._msg.default_reply(self._topics, rid))
         return Rejection(code, text, rid, reply, self._msg.client)
 
 
@@ -189,7 +199,7 @@ def _request(
         reply = ReplyAddress(body.reply_to, delta_qos=body.delta_qos)
     else:
         # A named client's default replies go under its name: the LAN ACL lets it read there.
-        reply = ReplyAddress(topics.response_for(msg.client, rid), delta_qos=body.delta_qos)
+        reply = ReplyAddress(msg.default_reply(topics, rid), delta_qos=body.delta_qos)
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if body.stream is True:
         stream = StreamMode.TOKENS
@@ -259,10 +269,11 @@ def delta_payload(rid: str, seq: int, text: str) -> bytes:
     return _encode({"type": "delta", "id": rid, "seq": seq, "text": text})
 
 
-def done_payload(rid: str, done: Done, seq: int | None = None) -> bytes:
+def done_payload(rid: str, done: Done, seq: int | None = None, node: str | None = None) -> bytes:
     body: dict[str, Any] = {
         "type": "done",
         "id": rid,
+        **({"node": node} if node is not None else {}),
         "text": done.text,
         "finish_reason": done.finish_reason,
         "usage": {

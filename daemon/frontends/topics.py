@@ -13,6 +13,8 @@ class Topics:
 
     prefix: str
     node_id: str
+    # The fleet this node serves in (fleet.group); None: fleet mode off.
+    group: str | None = None
 
     @property
     def base(self) -> str:
@@ -36,13 +38,52 @@ class Topics:
     def client_of(self, topic: str, leaf: str = "request") -> str | None:
         """The client a request (or cancel) topic names: '' for the plain topic, None if the
         topic is not one of that leaf."""
-        plain = f"{self.base}/{leaf}"
-        if topic == plain:
-            return ""
-        head = f"{plain}/"
-        if topic.startswith(head) and "/" not in topic[len(head) :] and len(topic) > len(head):
-            return topic[len(head) :]
-        return None
+        return _client_under(f"{self.base}/{leaf}", topic)
+
+    # -- fleet mode (docs/FLEET.md) ------------------------------------------------------------
+
+    @property
+    def fleet_base(self) -> str:
+        """``<prefix>/fleet/<group>``: the topics the whole group shares."""
+        if self.group is None:
+            raise ValueError("fleet mode is off (fleet.group is not set)")
+        return f"{self.prefix}/fleet/{self.group}"
+
+    @property
+    def fleet_request(self) -> str:
+        """Where clients publish prompts for whichever node of the group can start them first."""
+        return f"{self.fleet_base}/request"
+
+    def fleet_client_request(self, client: str) -> str:
+        """Where the client named ``client`` publishes prompts for the group."""
+        return f"{self.fleet_base}/request/{client}"
+
+    @property
+    def fleet_shares(self) -> list[str]:
+        """The MQTT v5 shared-subscription filters of the group's request topics: the broker
+        hands each message to one member of share group <group> (MQTT 5.0 spec 4.8.2)."""
+        return [f"$share/{self.group}/{t}" for t in (self.fleet_request, f"{self.fleet_request}/+")]
+
+    def fleet_client_of(self, topic: str, leaf: str = "request") -> str | None:
+        """The client a fleet request (or cancel) topic names, as client_of does for the node's."""
+        return None if self.group is None else _client_under(f"{self.fleet_base}/{leaf}", topic)
+
+    @property
+    def fleet_cancels(self) -> list[str]:
+        """The group's cancel topics: every member subscribes (not shared), the one running the
+        request stops it, the others know no such id."""
+        return [f"{self.fleet_base}/cancel", f"{self.fleet_base}/cancel/+"]
+
+    @property
+    def fleet_replies(self) -> str:
+        """The group's reply tree: a fleet client names its reply topic here."""
+        return f"{self.fleet_base}/response/#"
+
+    def fleet_response_for(self, user: str | None, request_id: str) -> str:
+        """The default reply topic of a fleet request that names no reply address."""
+        if not user:
+            return f"{self.fleet_base}/response/{request_id}"
+        return f"{self.fleet_base}/response/{user}/{request_id}"
 
     @property
     def replies(self) -> str:
@@ -83,6 +124,16 @@ class Topics:
         if not user:
             return self.response(request_id)
         return f"{self.base}/response/{user}/{request_id}"
+
+
+def _client_under(plain: str, topic: str) -> str | None:
+    """'' for the plain topic itself, the last level of ``<plain>/<client>``, else None."""
+    if topic == plain:
+        return ""
+    head = f"{plain}/"
+    if topic.startswith(head) and "/" not in topic[len(head) :] and len(topic) > len(head):
+        return topic[len(head) :]
+    return None
 
 
 def is_publishable(topic: str) -> bool:
