@@ -1,18 +1,20 @@
-"""Decode speed under a steady background load: which thread count, and spinning or yielding?
+"""Decode speed under a steady background load: which thread count, and spinning or sleeping?
 
     python -m bench.contention [--runs 5] [--tokens 128] [--loads 0,0.25,0.5]
 
 llama-bench (built by bench/llamacpp_build.py) tg at each thread count from 1 to the usable
-CPUs, with llama.cpp's worker threads polling (spinning, `--poll 50`, its default) or not
-(`--poll 0`, they sleep until work comes), each with another process busy a share of one core
-(bench/peers.Load). Tells whether the governor should pick fewer threads, or yielding, when
-something else runs on the device (a broker, Home Assistant).
+CPUs, under each OpenMP wait policy, with another process busy a share of one core
+(bench/peers.Load). The pip build of llama-cpp-python uses OpenMP, whose barrier is
+`#pragma omp barrier`: llama.cpp's own `--poll` does nothing there, and libgomp's threads spin a
+while before they sleep unless OMP_WAIT_POLICY=passive. Tells whether fewer threads, or
+sleeping instead of spinning, keeps more speed when something else runs (a broker, HA).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 
 from bench import llamacpp_build
@@ -20,32 +22,14 @@ from bench.common import report
 from bench.peers import Load
 from daemon import cpus, models
 
+POLICIES: dict[str, dict[str, str]] = {"default": {}, "passive": {"OMP_WAIT_POLICY": "passive"}}
 
-def tg(binary: str, model: str, threads: int, poll: int, tokens: int, runs: int) -> float:
-    out = subprocess.run(
-        [
-            binary,
-            "-m",
-            model,
-            "-t",
-            str(threads),
-            "-p",
-            "0",
-            "-n",
-            str(tokens),
-            "-r",
-            str(runs),
-            "--poll",
-            str(poll),
-            "--repack",
-            "0",
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+
+def tg(binary: str, model: str, threads: int, policy: str, tokens: int, runs: int) -> float:
+    cmd = [binary, "-m", model, "-t", str(threads), "-p", "0", "-n", str(tokens)]
+    cmd += ["-r", str(runs), "--repack", "0", "-o", "json"]
+    env = {**os.environ, **POLICIES[policy]}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return round(float(json.loads(out)[0]["avg_ts"]), 1)
 
 
@@ -62,10 +46,9 @@ def main() -> None:
         row = {}
         with Load(share):
             for threads in range(1, cpus.usable() + 1):
-                for poll in (50, 0):
-                    row[f"t{threads}_poll{poll}"] = tg(
-                        binary, model, threads, poll, args.tokens, args.runs
-                    )
+                for policy in POLICIES:
+                    key = f"t{threads}_{policy}"
+                    row[key] = tg(binary, model, threads, policy, args.tokens, args.runs)
         table[f"load {share:.0%}"] = row
     report("contention", {"tg_tokens_per_s": table, "tokens": args.tokens, "runs": args.runs})
 
