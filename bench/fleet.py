@@ -3,8 +3,7 @@ one node is busy on a long generation.
 
 Every node runs with one generation thread (model.n_threads 1, governor.thread_sweep off), and
 each is pinned to a CPU of its own (its affinity, set when it starts), as if on a one-core device
-of its own: unpinned, each node's prompt processing would use every CPU (n_threads_batch is the
-usable CPU count) and two co-located nodes would fight over them.
+of its own (`--no-pin`: both share the machine's CPUs).
 
 Throughput: --requests short requests (max_tokens --max-tokens, greedy) sent by one MQTT v5
 client keeping --window without a terminal reply; requests/s from the first send to the last
