@@ -12,7 +12,16 @@ import json
 import time
 import uuid
 
-from bench.common import Broker, Client, Daemon, free_port, report, summary, workdir
+from bench.common import (
+    Broker,
+    Client,
+    Daemon,
+    free_port,
+    percentile,
+    report,
+    summary,
+    workdir,
+)
 
 
 def main() -> None:
@@ -48,7 +57,7 @@ def main() -> None:
     report(
         "mqtt_overhead_ms",
         {
-            "overhead_ms": summary(overheads),
+            "overhead_ms": {**summary(overheads), "p99": percentile(overheads, 99)},
             "wall_ms": summary(walls),
             "engine_ms": summary(engines),
             "max_tokens": args.max_tokens,

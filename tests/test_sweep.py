@@ -66,24 +66,28 @@ def test_disagreement_is_far_below_the_measured_figure():
 
 
 class FakeLlm:
-    """Yields tokens forever; records the thread counts it was set to."""
+    """A context that decodes instantly; records thread counts, evals and resets."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_tokens: int = 5, n_ctx: int = 2048) -> None:
         self.threads: list[int] = []
-        self.closed = 0
+        self.evals: list[list[int]] = []
+        self.input_ids = list(range(100, 100 + n_tokens))
+        self.n_tokens = n_tokens
+        self._n_ctx = n_ctx
+        self.resets = 0
 
-    def set_seed(self, _seed: int) -> None:
-        pass
+    def n_ctx(self) -> int:
+        return self._n_ctx
 
-    def generate(self, _prompt: list[int], temp: float) -> Any:
-        def tokens():
-            try:
-                while True:
-                    yield 1
-            finally:
-                self.closed += 1
+    def reset(self) -> None:
+        self.resets += 1
+        self.n_tokens = 0
+        self.input_ids = []
 
-        return tokens()
+    def eval(self, tokens: list[int]) -> None:
+        self.evals.append(list(tokens))
+        self.input_ids += tokens
+        self.n_tokens += len(tokens)
 
 
 @pytest.fixture
@@ -97,18 +101,26 @@ def test_a_slice_ends_at_once_when_a_job_arrives(fake_threads):
 
     def abandon() -> bool:
         calls["n"] += 1
-        return calls["n"] > 2  # a job arrives during the third token
+        return calls["n"] > 3  # a job arrives after the second token
 
     assert measure_slice(llm, [1, 2], 2, lambda: None, abandon) is None
-    assert llm.threads == [2] and llm.closed == 1 and calls["n"] == 3
+    # Single-token decodes only (no prompt to evaluate first), and none after the job came.
+    assert llm.threads == [2] and llm.evals == [[104], [104]]
 
 
-def test_a_slice_measures_a_bounded_number_of_tokens(fake_threads):
+def test_a_slice_decodes_single_tokens_after_what_the_cache_holds(fake_threads):
     llm = FakeLlm()
     beats = []
     sample = measure_slice(llm, [1], 1, lambda: beats.append(1), lambda: False, tokens=8)
     assert sample is not None and sample[0] > 0
-    assert len(beats) == 9 and llm.closed == 1
+    assert len(beats) == 9 and llm.evals == [[104]] * 9 and llm.resets == 0
+
+
+@pytest.mark.parametrize("n_tokens", [0, 2040])
+def test_an_empty_or_full_cache_starts_from_the_prompt(fake_threads, n_tokens):
+    llm = FakeLlm(n_tokens=n_tokens)
+    assert measure_slice(llm, [7, 8, 9], 1, lambda: None, lambda: False, tokens=8) is not None
+    assert llm.resets == 1 and llm.evals[0] == [7, 8, 9] and llm.evals[1:] == [[9]] * 9
 
 
 class Clock:
@@ -156,6 +168,17 @@ def sweep_to_end(t: ThreadTuner, threads: int = 2, limit: int = 50) -> int:
         if not t.pending():
             return threads
     raise AssertionError("the sweep did not end")
+
+
+def test_slices_wait_for_a_pause_after_a_job(monkeypatch):
+    t = tuner_with(monkeypatch, Machine({1: 50.0, 2: 90.0}))
+    clock = t._clock  # type: ignore[attr-defined]
+    t.want()
+    assert t.pending()
+    t.busy()
+    assert not t.pending()
+    clock.now += tuning.IDLE_S
+    assert t.pending()
 
 
 def test_a_quiet_sweep_sets_the_best_and_plans_nothing(monkeypatch):

@@ -131,32 +131,32 @@ def measure_slice(
     tokens: int = 16,
     budget_s: float = 0.6,
 ) -> tuple[float, float | None] | None:
-    """Greedy decode tokens/s at `threads` (set, not restored), and the cores other processes
-    used meanwhile; None when abandoned for a job.
+    """Decode tokens/s at `threads` (set, not restored), and the cores other processes used
+    meanwhile; None when abandoned for a job.
 
-    Ends after `tokens` tokens, or after budget_s once 4 are in, so a count made very slow by
-    another process cannot hold the worker. The prompt's prefix stays in the KV cache between
-    slices, so a slice costs almost no prompt processing.
+    Each step is one single-token decode appended to whatever the KV cache holds, so there is
+    no prompt to evaluate first and a job that arrives waits at most one token (a prompt's
+    prefill cannot be interrupted: measured, it held each request ~150 ms). The next job's
+    prefix match drops what the slice appended. `prompt` is evaluated only when the cache is
+    empty or full. Ends after `tokens` steps, or after budget_s once 4 are in.
     """
     if abandon():
         return None
     llama_compat.set_threads(llm, threads)
-    llm.set_seed(1)
+    if llm.n_tokens == 0 or llm.n_tokens + tokens + 2 > llm.n_ctx():
+        llm.reset()
+        llm.eval(prompt)
+    token = int(llama_compat.cached_tokens(llm)[-1])
     stamps: list[float] = []
     load = OtherLoad()
-    gen = llm.generate(prompt, temp=0.0)
-    try:
-        for _ in gen:
-            beat()
-            if abandon():
-                return None
-            stamps.append(time.perf_counter())
-            if len(stamps) > tokens or (len(stamps) >= 4 and stamps[-1] - stamps[0] > budget_s):
-                break
-    finally:
-        gen.close()
-    if len(stamps) < 2 or stamps[-1] <= stamps[0]:
-        return None
+    for _ in range(tokens + 1):
+        if abandon():
+            return None
+        llm.eval([token])
+        beat()
+        stamps.append(time.perf_counter())
+        if len(stamps) >= 4 and stamps[-1] - stamps[0] > budget_s:
+            break
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), load.cores()
 
 

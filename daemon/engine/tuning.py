@@ -25,6 +25,9 @@ MAX_BACKOFF_S = 600.0
 DISAGREE_JOBS = 3
 # A job shorter than this says too little about decode speed to disagree with a sweep.
 MIN_TOKENS = 16
+# A slice starts only after the worker has been this long without a job: back-to-back requests
+# never meet a slice (each would wait up to one token for it), and a sweep waits for a pause.
+IDLE_S = 0.5
 # Disagreement does not start a sweep sooner than this after the last one ended.
 MIN_GAP_S = 60.0
 
@@ -41,17 +44,25 @@ class ThreadTuner:
         self._disagree = 0
         self._ended_at = -MIN_GAP_S
         self._prompt: list[int] | None = None  # the sweep's prompt, encoded once
+        self._busy_at = float("-inf")  # when the worker last had a job
 
     def want(self, delay_s: float = 0.0) -> None:
         """Measure (again) once idle, after delay_s; an earlier plan wins."""
         due = self._clock() + delay_s
         self._due_at = due if self._due_at is None else min(self._due_at, due)
 
+    def busy(self) -> None:
+        """The worker took a job: the next slice waits for IDLE_S without one."""
+        self._busy_at = self._clock()
+
     def pending(self) -> bool:
-        """Whether a slice is waiting to run (the worker runs it when no job waits)."""
+        """Whether a slice should run now (the worker runs it when no job waits)."""
+        now = self._clock()
+        if now - self._busy_at < IDLE_S:
+            return False
         if self._sweeper is not None:
             return True
-        return self._due_at is not None and self._clock() >= self._due_at
+        return self._due_at is not None and now >= self._due_at
 
     def step(
         self,

@@ -278,6 +278,7 @@ class Engine:
         self._limits_now.apply_ctx(self._llm, self._warm_up)
         if job is None:
             return
+        self._tuner.busy()
         self._checkpoint("run")
         self._run(job)
 
