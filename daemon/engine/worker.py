@@ -224,6 +224,7 @@ class Engine:
             self._load_error = err
             self._ready.set()
             return
+        self._tuner.busy()  # the first slice waits for a pause too: requests sent at `online` first
         self._ready.set()
         try:
             self._serve()
