@@ -20,7 +20,7 @@ from daemon.frontends.topics import Topics
 from daemon.requests import Job, QueueFull, Request
 from daemon.sdnotify import Notifier
 from daemon.service import EXIT_ENGINE, Service
-from tests.helpers import Broker, Client
+from tests.helpers import Broker, Client, poll
 
 pytestmark = pytest.mark.model
 
@@ -102,6 +102,8 @@ def test_one_fault_at_any_step_is_survived(step, model_path: Path, stopper):
     stopper.append(engine)
     if step == "sweep":
         engine.request_sweep()
+        # A sweep slice runs only after a pause without jobs: let the fault land first.
+        poll(lambda: engine.injected, 10, "the sweep's checkpoint")
     if step == "limits":
         engine.set_limits(threads=1)
     first = submit(engine)
