@@ -22,6 +22,7 @@ from daemon import config
 from daemon.frontends import ha_discovery
 from daemon.frontends.mqtt_messages import error_payload, status_payload
 from daemon.frontends.topics import HA_USER, Topics, ha_status
+from daemon.reload import plan_reload
 from daemon.requests import ErrorCode
 from tests.helpers import Broker, Client, Daemon, poll
 
@@ -164,6 +165,9 @@ def test_topics_and_config():
     cfg = config.parse({})
     assert cfg.homeassistant.discovery is True
     assert cfg.homeassistant.prefix == "homeassistant"
+    # A restart applies it (a live change would leave the old announcement behind).
+    off = config.parse({"homeassistant": {"discovery": False}})
+    assert plan_reload(cfg, off).needs_restart == ("homeassistant.discovery",)
     for bad in ({"prefix": "a/#"}, {"prefix": ""}, {"discover": True}):
         with pytest.raises(config.ConfigError, match="homeassistant"):
             config.parse({"homeassistant": bad})
