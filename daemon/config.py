@@ -298,6 +298,13 @@ class FleetConfig(_Section):
     )
 
 
+class HomeAssistantConfig(_Section):
+    discovery: bool = Field(
+        True, description="Announce the node to Home Assistant; false removes the announcement."
+    )
+    prefix: str = Field("homeassistant", pattern=r"^[^+#\x00]+$", description="Its MQTT prefix.")
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -326,6 +333,7 @@ class Config(_Section):
     monitor: MonitorConfig = MonitorConfig()
     governor: GovernorConfig = GovernorConfig()
     fleet: FleetConfig = FleetConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -15,9 +15,10 @@ from daemon import __version__, config, logsetup, models
 from daemon.config import Config
 from daemon.credentials import mqtt_password
 from daemon.engine import Engine, EngineError, ModelInfo, cpuprobe, default_threads
+from daemon.frontends import ha_discovery
 from daemon.frontends.mqtt import MqttFrontDoor, Transport
 from daemon.frontends.mqtt_messages import status_payload, telemetry_payload
-from daemon.frontends.topics import Topics
+from daemon.frontends.topics import Topics, ha_status
 from daemon.governor.loop import Steering
 from daemon.governor.sources import make_sensors
 from daemon.intake import Intake
@@ -188,10 +189,43 @@ class Service:
             on_request=self.door.on_request,
             on_cancel=self.door.on_cancel,
             offline_payload=self._status("offline"),
+            routes=self._ha_routes(),
+            on_subscribed=self._announce,
         )
         self.door.transport = self.transport
         self.transport.start()
         return self.transport
+
+    def _ha_routes(self) -> dict[str, Any]:
+        """What the node hears from Home Assistant: its birth message and the button."""
+        ha = self.cfg.homeassistant
+        if not ha.discovery:
+            return {}
+        return {ha_status(ha.prefix): self._on_ha_status, self.topics.sweep_command: self._on_press}
+
+    def _announce(self) -> None:
+        """After every (re)subscribe: publish the retained discovery message, or, with discovery
+        off, an empty retained one that removes the device. The node keeps no record of what it
+        announced before: clearing costs one message and always finds what an earlier run left."""
+        assert self.transport is not None
+        ha = self.cfg.homeassistant
+        topic = self.topics.ha_config(ha.prefix)
+        if not ha.discovery:
+            self.transport.retain(topic, ha_discovery.REMOVE)
+            log.info("ha_discovery_removed", topic=topic)
+            return
+        payload = ha_discovery.config_payload(self.topics, self.cfg.model.name, __version__)
+        self.transport.retain(topic, payload)
+        log.info("ha_discovery_published", topic=topic, bytes=len(payload))
+
+    def _on_ha_status(self, payload: bytes) -> None:
+        # Home Assistant says "online" after a restart: announce again, as its docs ask.
+        if payload.strip() == b"online":
+            self._announce()
+
+    def _on_press(self, _payload: bytes) -> None:
+        log.info("thread_sweep_requested", source="home_assistant")
+        self.on_signal("sweep")
 
     def _serve(self, t0: float) -> tuple[int, bytes | None]:
         """The main loop until stopped: the exit code, and the offline status to leave."""

@@ -305,6 +305,15 @@ def test_only_the_daemon_writes_home_assistant_discovery(login: Any) -> None:
     assert daemon.received() == [("homeassistant/status", "online")]
 
 
+def test_only_home_assistant_presses_the_nodes_button(login: Any) -> None:
+    daemon, alice, ha = login("edgellm"), login("alice"), login("homeassistant")
+    press = "edgellm/kitchen/command/thread_sweep"
+    daemon.subscribe("edgellm/+/command/#")
+    alice.publish(press, "PRESS")
+    ha.publish(press, "PRESS")
+    assert daemon.received() == [(press, "PRESS")]
+
+
 def test_the_lan_broker_keeps_retained_status_across_a_restart() -> None:
     """persistence true in the drop-in, persistence_location from the main config."""
     with tempfile.TemporaryDirectory(prefix="edgellm-lanbroker-") as tmp:

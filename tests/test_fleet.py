@@ -23,8 +23,8 @@ from paho.mqtt.properties import Properties
 
 from daemon import config
 from daemon.engine.admission import backlog_seconds
-from daemon.frontends.mqtt import FLEET_HOPS, MqttFrontDoor, Transport, _hops
-from daemon.frontends.mqtt_messages import Incoming
+from daemon.frontends.mqtt import FLEET_HOPS, MqttFrontDoor, Transport
+from daemon.frontends.mqtt_messages import Incoming, hops_of
 from daemon.frontends.topics import Topics
 from daemon.reload import plan_reload
 from tests.helpers import Broker, Client, Daemon, poll
@@ -90,9 +90,9 @@ def test_a_fleet_request_without_a_reply_address_is_answered_in_the_group_tree()
 
 
 def test_hops_are_read_from_the_user_property():
-    assert _hops(None) == 0
-    assert _hops([("other", "5"), (FLEET_HOPS, "2")]) == 2
-    assert _hops([(FLEET_HOPS, "x")]) == 0
+    assert hops_of(None) == 0
+    assert hops_of([("other", "5"), (FLEET_HOPS, "2")]) == 2
+    assert hops_of([(FLEET_HOPS, "x")]) == 0
 
 
 class _Job:

@@ -22,10 +22,12 @@ from paho.mqtt.properties import Properties
 
 from daemon.config import Config, MqttConfig
 from daemon.frontends.mqtt_messages import (
+    FLEET_HOPS,
     Incoming,
     delta_payload,
     done_payload,
     error_payload,
+    hops_of,
     parse_cancel,
     parse_request,
 )
@@ -36,8 +38,6 @@ from daemon.safeguards.policy import reply_topic_allowed
 
 log = structlog.get_logger(__name__)
 
-# The MQTT v5 user property counting how often nodes handed a fleet request back to the group.
-FLEET_HOPS = "edgellm-hops"
 # CONNACK reason codes that retrying cannot fix (MQTT 5 spec 3.2.2.2; paho maps 3.1.1's 4/5 here).
 _FATAL_CONNACK = {134: "bad user name or password", 135: "not authorized"}
 
@@ -83,8 +83,14 @@ class Transport:
         on_request: Callable[[Incoming], None],
         on_cancel: Callable[[bytes, str], None],
         offline_payload: bytes,
+        routes: dict[str, Callable[[bytes], None]] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ):
+        """routes: further topics to subscribe to and who takes their (non-retained) messages;
+        on_subscribed: called after every successful (re)subscribe."""
         self._cfg = cfg
+        self._routes = routes or {}
+        self._on_subscribed = on_subscribed
         # A reply's MQTT v5 Message Expiry: a stream to a client that vanished is dropped by
         # the broker after this instead of piling up in a persistent session.
         self._reply_expiry = cfg.reply_expiry_s
@@ -144,6 +150,10 @@ class Transport:
                 props.MessageExpiryInterval = self._reply_expiry
         self._client.publish(topic, payload, qos=qos, properties=props)
 
+    def retain(self, topic: str, payload: bytes) -> None:
+        """Publish a retained message (QoS 1, no expiry: it must outlive any reply)."""
+        self._client.publish(topic, payload, qos=1, retain=True)
+
     def stop(self, timeout: float = 3.0, offline: bytes | None = None) -> None:
         """Publish the retained offline status (offline: one with a reason), then disconnect."""
         self.ready.clear()
@@ -188,6 +198,7 @@ class Transport:
         filters = [topics.request, topics.client_requests, topics.cancel, topics.client_cancels]
         if self._fleet:
             filters += [*topics.fleet_shares, *topics.fleet_cancels]
+        filters += list(self._routes)
         _rc, self._sub_mid = client.subscribe([(f, 1) for f in filters])
 
     def _handle_subscribe(
@@ -203,6 +214,8 @@ class Transport:
             if self._status is not None:
                 client.publish(self._topics.status, self._status, qos=1, retain=True)
             self.ready.set()
+        if self._on_subscribed is not None:
+            self._on_subscribed()
         log.info(
             "mqtt_subscribed",
             request=self._topics.request,
@@ -217,6 +230,12 @@ class Transport:
     def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = time.monotonic()
         payload = bytes(msg.payload)
+        route = self._routes.get(msg.topic)
+        if route is not None:
+            # A retained command would run again at every reconnect: only live ones count.
+            if not msg.retain:
+                route(payload)
+            return
         topics = self._topics
         canceller = topics.client_of(msg.topic, "cancel")
         if canceller is None and self._fleet:
@@ -238,7 +257,7 @@ class Transport:
             correlation = getattr(props, "CorrelationData", None)
             expiry = getattr(props, "MessageExpiryInterval", None)
             if hops is not None:
-                hops = _hops(getattr(props, "UserProperty", None))
+                hops = hops_of(getattr(props, "UserProperty", None))
         incoming = Incoming(payload, response_topic, correlation, received, expiry, client, hops)
         self._on_request(incoming)
 
@@ -256,15 +275,6 @@ class Transport:
         topics = self._topics
         topic = topics.fleet_client_request(msg.client) if msg.client else topics.fleet_request
         self._client.publish(topic, msg.payload, qos=1, properties=props)
-
-
-def _hops(user_properties: Any) -> int:
-    """The hand-back count a fleet request carries (0 when none, or not a number)."""
-    for key, value in user_properties or ():
-        if key == FLEET_HOPS:
-            with contextlib.suppress(ValueError):
-                return max(0, int(value))
-    return 0
 
 
 class MqttFrontDoor:

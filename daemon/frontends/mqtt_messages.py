@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, replace
@@ -28,6 +29,8 @@ _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 _ID_RE = re.compile(_ID_PATTERN)
 # The longest client name (the topic level after .../request/) accepted.
 MAX_CLIENT_CHARS = 128
+# The MQTT v5 user property counting how often nodes handed a fleet request back to the group.
+FLEET_HOPS = "edgellm-hops"
 
 
 @dataclass(frozen=True)
@@ -324,3 +327,12 @@ def parse_cancel(payload: bytes) -> str | None:
         rid = raw.get("id") if isinstance(raw, dict) else None
         text = rid if isinstance(rid, str) else ""
     return text if text and _valid_id(text) else None
+
+
+def hops_of(user_properties: Any) -> int:
+    """The hand-back count a fleet request carries (0 when none, or not a number)."""
+    for key, value in user_properties or ():
+        if key == FLEET_HOPS:
+            with contextlib.suppress(ValueError):
+                return max(0, int(value))
+    return 0

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _WILDCARDS = frozenset("+#")
+# What may not stand in a discovery object id (Home Assistant allows [a-zA-Z0-9_-]).
+_LEVEL_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# The MQTT user name Home Assistant logs in as under the shipped broker ACL (deploy/mosquitto/acl).
+HA_USER = "homeassistant"
+
+
+def ha_status(ha_prefix: str) -> str:
+    """Where Home Assistant announces itself ("online"/"offline": its birth and last will)."""
+    return f"{ha_prefix}/status"
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,27 @@ class Topics:
     def telemetry(self) -> str:
         """Periodic sensor and governor readings."""
         return f"{self.base}/telemetry"
+
+    @property
+    def sweep_command(self) -> str:
+        """Where a press of Home Assistant's button asks for a new thread sweep (as SIGUSR1)."""
+        return f"{self.base}/command/thread_sweep"
+
+    @property
+    def ha_event(self) -> str:
+        """The reply topic Home Assistant's event entity watches: an automation names it as
+        reply_to. Under the reply tree of the user ``homeassistant`` (the shipped ACL's name for
+        Home Assistant), the only part of it that user may read."""
+        return f"{self.base}/response/{HA_USER}/event"
+
+    def ha_object_id(self) -> str:
+        """This node's object id in Home Assistant's discovery topics: the prefix (made safe
+        for a topic level) and the node id, unique across edgellm installations on a broker."""
+        return f"{_LEVEL_UNSAFE.sub('_', self.prefix)}_{self.node_id}"
+
+    def ha_config(self, ha_prefix: str) -> str:
+        """The retained device-based discovery message (Home Assistant 2024.11 and later)."""
+        return f"{ha_prefix}/device/{self.ha_object_id()}/config"
 
     def response(self, request_id: str) -> str:
         """The default reply topic of a request that names no reply address."""
