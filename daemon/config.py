@@ -9,10 +9,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 ENV_PASSWORD = "EDGELLM_MQTT_PASSWORD"
 ENV_CONFIG = "EDGELLM_CONFIG"
+ENV_HTTP_KEY = "EDGELLM_HTTP_API_KEY"
 # systemd's LoadCredential= puts secrets here; a file named mqtt_password is read from it.
 ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
 
@@ -305,6 +314,24 @@ class HomeAssistantConfig(_Section):
     prefix: str = Field("homeassistant", pattern=r"^[^+#\x00]+$", description="Its MQTT prefix.")
 
 
+class HttpConfig(_Section):
+    """The ollama- and OpenAI-compatible HTTP API (docs/HTTP.md)."""
+
+    enabled: bool = Field(True, description="Serve the HTTP API; a taken port only logs.")
+    bind: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(11434, ge=1, le=65535, description="TCP port (ollama's own by default).")
+    api_key: SecretStr | None = Field(
+        None, description=f"Bearer key every request must carry; prefer ${ENV_HTTP_KEY}."
+    )
+    api_key_file: Path | None = Field(None, description="File whose first line is the key.")
+    clients_allowed: list[IPvAnyNetwork] | None = Field(
+        None, description="Client addresses (CIDRs) that may connect; None: any."
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest request body accepted."
+    )
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -334,6 +361,7 @@ class Config(_Section):
     governor: GovernorConfig = GovernorConfig()
     fleet: FleetConfig = FleetConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -13,9 +13,10 @@ import structlog
 
 from daemon import __version__, config, logsetup, models
 from daemon.config import Config
-from daemon.credentials import mqtt_password
+from daemon.credentials import http_api_key, mqtt_password
 from daemon.engine import Engine, EngineError, ModelInfo, cpuprobe, default_threads
 from daemon.frontends import ha_discovery
+from daemon.frontends.http_api import HttpFrontDoor
 from daemon.frontends.mqtt import MqttFrontDoor, Transport
 from daemon.frontends.mqtt_messages import status_payload, telemetry_payload
 from daemon.frontends.topics import Topics, ha_status
@@ -68,6 +69,7 @@ class Service:
         self.steering: Steering | None = None
         self.intake: Intake | None = None
         self.door: MqttFrontDoor | None = None
+        self.http: HttpFrontDoor | None = None
         self.verdict: cpuprobe.Verdict | None = None
 
     def status_details(self) -> dict[str, Any]:
@@ -88,6 +90,8 @@ class Service:
         if self.verdict is not None:
             details["cpu_repack"] = self.verdict.repack
         details["request_topic"] = self.topics.request
+        if self.http is not None:
+            details["http_port"] = self.http.port
         if self.topics.group is not None and self.cfg.mqtt.protocol == "5":
             topics = self.topics
             details["fleet"] = {"group": topics.group, "request_topic": topics.fleet_request}
@@ -173,9 +177,27 @@ class Service:
             )
             self.steering.start()
         self.intake.accepting = True
+        self._start_http()
         transport.set_status(self._status("online"))
         self.notifier.status("connecting to the broker")
         return None
+
+    def _start_http(self) -> None:
+        """The HTTP API, once the model is ready; a port already taken leaves MQTT serving."""
+        if not self.cfg.http.enabled:
+            return
+        assert self.intake is not None and self.info is not None and self.engine is not None
+        engine = self.engine
+        door = HttpFrontDoor(
+            self.cfg,
+            self.intake,
+            self.counters,
+            self.info,
+            lambda: engine.n_ctx,
+            http_api_key(self.cfg.http),
+        )
+        if door.start():
+            self.http = door
 
     def _connect(self, intake: Intake) -> Transport:
         """The MQTT front door, connecting in the background (while the model loads: both take
@@ -340,6 +362,9 @@ class Service:
         log.info("shutdown_begin")
         if self.intake is not None:
             self.intake.accepting = False
+        if self.http is not None:
+            # Not listening any more; streams in flight end with their jobs just below.
+            self.http.stop()
         if self.steering is not None:
             self.steering.stop()
         if self.engine is not None:

@@ -1,0 +1,204 @@
+"""The ollama API (github.com/ollama/ollama docs/api.md): request bodies into Requests, Done
+into ollama's JSON, and the metadata answers from the cached ModelCard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon import __version__
+from daemon.config import Config
+from daemon.frontends.http_common import (
+    HttpError,
+    ModelCard,
+    Sampling,
+    check_model,
+    encode,
+    integer,
+    iso_now,
+    make_request,
+    messages_of,
+    number,
+    stops,
+)
+from daemon.requests import Done, ErrorCode, Request
+
+# The ollama release whose API this follows; clients that check a minimum version read this.
+OLLAMA_VERSION = "0.9.0"
+# ollama's expires_at for a model kept loaded for good (keep_alive: -1).
+FOREVER = "2318-01-01T00:00:00Z"
+NDJSON = "application/x-ndjson"
+
+
+def version() -> dict[str, Any]:
+    return {"version": OLLAMA_VERSION, "edgellm": __version__}
+
+
+def tags(card: ModelCard) -> dict[str, Any]:
+    entry = {
+        "name": card.tagged,
+        "model": card.tagged,
+        "modified_at": card.modified_at,
+        "size": card.info.size_bytes,
+        "digest": card.digest,
+        "details": card.details(),
+    }
+    return {"models": [entry]}
+
+
+def ps(card: ModelCard, n_ctx: int) -> dict[str, Any]:
+    entry = {
+        "name": card.tagged,
+        "model": card.tagged,
+        "size": card.info.size_bytes,
+        "digest": card.digest,
+        "details": card.details(),
+        "expires_at": FOREVER,
+        "size_vram": 0,
+        "context_length": n_ctx,
+    }
+    return {"models": [entry]}
+
+
+def show(card: ModelCard, body: dict[str, Any], cfg: Config, n_ctx: int) -> dict[str, Any]:
+    check_model(card, body.get("model") or body.get("name"))
+    meta = card.info.metadata
+    arch = meta.get("general.architecture", "")
+    model_info: dict[str, Any] = {k: v for k, v in meta.items() if k != "tokenizer.chat_template"}
+    if arch:
+        model_info[f"{arch}.context_length"] = card.info.n_ctx_train
+    gen = cfg.generation
+    parameters = "\n".join(
+        [
+            f"num_ctx {n_ctx}",
+            f"temperature {gen.temperature}",
+            f"top_p {gen.top_p}",
+            f"top_k {gen.top_k}",
+            f"repeat_penalty {gen.repeat_penalty}",
+            f"num_predict {gen.max_tokens}",
+        ]
+    )
+    return {
+        "modelfile": f"# served by edgellm {__version__}\nFROM {card.info.path}\n",
+        "parameters": parameters,
+        "template": meta.get("tokenizer.chat_template", ""),
+        "details": card.details(),
+        "model_info": model_info,
+        "capabilities": ["completion"],
+        "modified_at": card.modified_at,
+    }
+
+
+def pull_lines(card: ModelCard, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pull of the loaded model succeeds at once; edgellm fetches no models over HTTP."""
+    check_model(card, body.get("model") or body.get("name"))
+    return [
+        {"status": "pulling manifest"},
+        {"status": "verifying sha256 digest"},
+        {"status": "success"},
+    ]
+
+
+def _sampling(body: dict[str, Any], cfg: Config) -> Sampling:
+    """ollama's options: temperature, top_p, num_predict, stop, seed, num_ctx; others ignored."""
+    options = body.get("options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise HttpError(400, "options: an object is required")
+    predict = integer(options.get("num_predict"), "options.num_predict", -2, 1 << 30)
+    # num_ctx is accepted: the context is the largest the governor allows now, whatever it asks,
+    # and a prompt that does not fit gets a 400, never a silently truncated prompt.
+    integer(options.get("num_ctx"), "options.num_ctx", 1, 1 << 30)
+    fmt = body.get("format")
+    if fmt not in (None, ""):
+        raise HttpError(400, "format (structured JSON output) is not supported yet")
+    return Sampling(
+        max_tokens=predict if predict is not None and predict > 0 else None,
+        temperature=number(options.get("temperature"), "options.temperature", 0.0, 5.0),
+        top_p=number(options.get("top_p"), "options.top_p", 0.0, 1.0) or None,
+        stop=stops(options.get("stop"), cfg),
+        seed=integer(options.get("seed"), "options.seed", -(2**31), 2**32 - 1),
+    )
+
+
+def _stream(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", True)  # ollama streams unless told not to
+    if stream is None:
+        return True
+    if not isinstance(stream, bool):
+        raise HttpError(400, "stream: true or false")
+    return stream
+
+
+def chat_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str) -> Request:
+    check_model(card, body.get("model"))
+    messages = messages_of(body.get("messages"), cfg)
+    sampling = _sampling(body, cfg)
+    if sampling.seed is not None and sampling.seed < 0:
+        sampling.seed = None  # ollama's -1: a random seed
+    return make_request(client, sampling, _stream(body), messages=messages, cfg=cfg)
+
+
+def generate_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str) -> Request:
+    check_model(card, body.get("model"))
+    prompt, system = body.get("prompt"), body.get("system")
+    if not isinstance(prompt, str) or "\x00" in prompt:
+        raise HttpError(400, "prompt: a string is required")
+    if system is not None and not isinstance(system, str):
+        raise HttpError(400, "system: a string is required")
+    if body.get("images"):
+        raise HttpError(400, "images: this model reads text only")
+    sampling = _sampling(body, cfg)
+    if sampling.seed is not None and sampling.seed < 0:
+        sampling.seed = None
+    return make_request(
+        client, sampling, _stream(body), prompt=prompt, system=system or None, cfg=cfg
+    )
+
+
+class OllamaWire:
+    """Done and deltas as ollama's /api/chat (message) or /api/generate (response) lines."""
+
+    content_type = NDJSON
+
+    def __init__(self, model: str, chat: bool):
+        self._model = model
+        self._chat = chat
+
+    def _line(self, text: str, done: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self._model, "created_at": iso_now()}
+        if self._chat:
+            body["message"] = {"role": "assistant", "content": text}
+        else:
+            body["response"] = text
+        body["done"] = done
+        return body
+
+    def delta(self, text: str) -> bytes:
+        return encode(self._line(text, False)) + b"\n"
+
+    def final(self, done: Done) -> bytes:
+        return encode(self._summary(self._line("", True), done)) + b"\n"
+
+    def body(self, done: Done) -> dict[str, Any]:
+        return self._summary(self._line(done.text, True), done)
+
+    def _summary(self, body: dict[str, Any], done: Done) -> dict[str, Any]:
+        t = done.timings
+        prefill_ms = max(0.0, t.ttft_ms - t.queue_ms)
+        body.update(
+            done_reason=done.finish_reason,
+            total_duration=int(t.total_ms * 1e6),
+            load_duration=int(t.queue_ms * 1e6),
+            prompt_eval_count=done.usage.prompt_tokens,
+            prompt_eval_duration=int(prefill_ms * 1e6),
+            eval_count=done.usage.completion_tokens,
+            eval_duration=int(max(0.0, t.total_ms - t.ttft_ms) * 1e6),
+        )
+        return body
+
+    def error_body(self, code: str, message: str) -> dict[str, Any]:
+        return {"error": message}
+
+    def stream_error(self, code: ErrorCode, message: str) -> bytes:
+        return encode({"error": message}) + b"\n"

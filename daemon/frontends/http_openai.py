@@ -1,0 +1,147 @@
+"""The OpenAI chat completions API (/v1/models, /v1/chat/completions): request bodies into
+Requests, Done into OpenAI's JSON and server-sent events, errors in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from daemon.config import Config
+from daemon.frontends.http_common import (
+    HttpError,
+    ModelCard,
+    Sampling,
+    check_model,
+    encode,
+    integer,
+    make_request,
+    messages_of,
+    number,
+    stops,
+)
+from daemon.requests import Done, ErrorCode, Request
+
+SSE = "text/event-stream"
+DONE_EVENT = b"data: [DONE]\n\n"
+# OpenAI's error `type` per edgellm code; the `code` field carries edgellm's own.
+ERROR_TYPES = {
+    "bad_request": "invalid_request_error",
+    "too_long": "invalid_request_error",
+    "model_not_found": "invalid_request_error",
+    "unauthorized": "authentication_error",
+    "policy": "permission_error",
+    "rate_limited": "rate_limit_error",
+}
+
+
+def models(card: ModelCard) -> dict[str, Any]:
+    entry = {
+        "id": card.name,
+        "object": "model",
+        "created": int(card.loaded_at),
+        "owned_by": "edgellm",
+    }
+    return {"object": "list", "data": [entry]}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    kind = ERROR_TYPES.get(code, "server_error" if code == "internal" else "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def chat_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str) -> Request:
+    check_model(card, body.get("model"))
+    messages = messages_of(body.get("messages"), cfg)
+    n = integer(body.get("n"), "n", 1, 1)
+    del n  # one choice only
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise HttpError(400, "response_format: structured output is not supported yet")
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    sampling = Sampling(
+        max_tokens=integer(limit, "max_tokens", 1, 1 << 30),
+        temperature=number(body.get("temperature"), "temperature", 0.0, 2.0),
+        top_p=number(body.get("top_p"), "top_p", 0.0, 1.0) or None,
+        stop=stops(body.get("stop"), cfg),
+        seed=integer(body.get("seed"), "seed", 0, 2**32 - 1),
+    )
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise HttpError(400, "stream: true or false")
+    return make_request(client, sampling, stream, messages=messages, cfg=cfg)
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _usage(done: Done) -> dict[str, int]:
+    u = done.usage
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    }
+
+
+class OpenAIWire:
+    """Done and deltas as chat.completion objects and chat.completion.chunk events."""
+
+    content_type = SSE
+
+    def __init__(self, model: str, rid: str, usage: bool):
+        self._model = model
+        self._id = f"chatcmpl-{rid}"
+        self._created = int(time.time())
+        self._usage = usage
+        self._first = True
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    @staticmethod
+    def _event(obj: dict[str, Any]) -> bytes:
+        return b"data: " + encode(obj) + b"\n\n"
+
+    def delta(self, text: str) -> bytes:
+        delta: dict[str, Any] = {"content": text}
+        if self._first:
+            delta["role"] = "assistant"  # the first chunk names the role, as OpenAI's does
+            self._first = False
+        return self._event(self._chunk(delta, None))
+
+    def final(self, done: Done) -> bytes:
+        out = self._event(self._chunk({}, done.finish_reason))
+        if self._usage:
+            last = {**self._chunk({}, None), "choices": [], "usage": _usage(done)}
+            out += self._event(last)
+        return out + DONE_EVENT
+
+    def body(self, done: Done) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "chat.completion",
+            "created": self._created,
+            "model": self._model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": done.text},
+                    "finish_reason": done.finish_reason,
+                }
+            ],
+            "usage": _usage(done),
+        }
+
+    def error_body(self, code: str, message: str) -> dict[str, Any]:
+        return error_body(code, message)
+
+    def stream_error(self, code: ErrorCode, message: str) -> bytes:
+        return self._event(error_body(str(code), message)) + DONE_EVENT
