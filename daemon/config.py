@@ -9,34 +9,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    IPvAnyNetwork,
-    SecretStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationError, model_validator
+
+from daemon.config_base import NODE_ID as _NODE_ID
+from daemon.config_base import Section as _Section
+from daemon.config_frontends import ENV_HTTP_KEY, FleetConfig, HomeAssistantConfig, HttpConfig
 
 ENV_PASSWORD = "EDGELLM_MQTT_PASSWORD"
 ENV_CONFIG = "EDGELLM_CONFIG"
-ENV_HTTP_KEY = "EDGELLM_HTTP_API_KEY"
 # systemd's LoadCredential= puts secrets here; a file named mqtt_password is read from it.
 ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
 
-_NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOPIC_LEVEL_FORBIDDEN = re.compile(r"[+#\x00]")
+# Sections defined beside this module, part of its interface.
+__all__ = ["ENV_HTTP_KEY", "FleetConfig", "HomeAssistantConfig", "HttpConfig"]
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the problem."""
-
-
-class _Section(BaseModel):
-    """A config section: unknown keys are errors, so a typo never passes silently."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TlsConfig(_Section):
@@ -291,45 +281,6 @@ class GovernorConfig(_Section):
         if self.ctx_max is not None and self.ctx_max < self.ctx_min:
             raise ValueError("ctx_max must not be below ctx_min")
         return self
-
-
-class FleetConfig(_Section):
-    """Fleet mode: several nodes serve one shared request topic (docs/FLEET.md). MQTT v5 only."""
-
-    group: Annotated[str, Field(pattern=_NODE_ID.pattern)] | None = Field(
-        None, description="Also take requests of <prefix>/fleet/<group>/request; None: off."
-    )
-    start_within_s: float = Field(
-        1.0, ge=0, le=3600, description="Take a fleet request only if it can start this soon."
-    )
-    max_hops: int = Field(
-        3, ge=0, le=32, description="Hand-backs after which any node takes a fleet request."
-    )
-
-
-class HomeAssistantConfig(_Section):
-    discovery: bool = Field(
-        True, description="Announce the node to Home Assistant; false removes the announcement."
-    )
-    prefix: str = Field("homeassistant", pattern=r"^[^+#\x00]+$", description="Its MQTT prefix.")
-
-
-class HttpConfig(_Section):
-    """The ollama- and OpenAI-compatible HTTP API (docs/HTTP.md)."""
-
-    enabled: bool = Field(True, description="Serve the HTTP API; a taken port only logs.")
-    bind: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
-    port: int = Field(11434, ge=1, le=65535, description="TCP port (ollama's own by default).")
-    api_key: SecretStr | None = Field(
-        None, description=f"Bearer key every request must carry; prefer ${ENV_HTTP_KEY}."
-    )
-    api_key_file: Path | None = Field(None, description="File whose first line is the key.")
-    clients_allowed: list[IPvAnyNetwork] | None = Field(
-        None, description="Client addresses (CIDRs) that may connect; None: any."
-    )
-    max_body_bytes: int = Field(
-        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest request body accepted."
-    )
 
 
 class LoggingConfig(_Section):
