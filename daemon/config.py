@@ -298,6 +298,14 @@ class FleetConfig(_Section):
     )
 
 
+class WyomingConfig(_Section):  # the Wyoming `handle` service (frontends/wyoming_handle.py)
+    enabled: bool = Field(True, description="Serve the Wyoming protocol on host:port.")
+    host: str = Field("127.0.0.1", min_length=1, description="Listen address; 0.0.0.0: the LAN.")
+    port: int = Field(10700, ge=1, le=65535, description="TCP port; taken: run without Wyoming.")
+    languages: list[str] = Field(["en"], min_length=1, description="Languages `info` lists.")
+    streaming: bool = Field(True, description="handled-chunk per sentence before `handled`.")
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -326,6 +334,7 @@ class Config(_Section):
     monitor: MonitorConfig = MonitorConfig()
     governor: GovernorConfig = GovernorConfig()
     fleet: FleetConfig = FleetConfig()
+    wyoming: WyomingConfig = WyomingConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
