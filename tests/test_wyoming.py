@@ -115,6 +115,12 @@ async def _bad_inputs_then_a_good_one(port: int) -> list[list[Event]]:
     await writer.drain()
     reply = await asyncio.wait_for(async_read_event(reader), 10)
     answers.append([reply] if reply is not None else [])
+    # A block too large to read: an error, then the connection closes (its framing is lost).
+    writer.write(b'{"type": "transcript", "data_length": 1000000000}\n')
+    await writer.drain()
+    reply = await asyncio.wait_for(async_read_event(reader), 10)
+    answers.append([reply] if reply is not None else [])
+    assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
     answers.append(await ask(port, Transcript("Say hello.").event()))
     return answers
@@ -124,7 +130,7 @@ def test_bad_input_gets_a_clear_answer_and_the_daemon_keeps_serving(
     wyoming: tuple[Daemon, int],
 ):
     _d, port = wyoming
-    empty, no_text, unknown, garbage, good = asyncio.run(_bad_inputs_then_a_good_one(port))
+    empty, no_text, unknown, garbage, huge, good = asyncio.run(_bad_inputs_then_a_good_one(port))
     assert [e.type for e in empty] == ["not-handled"]
     assert "empty transcript" in (NotHandled.from_event(empty[0]).text or "")
     assert [e.type for e in no_text] == ["not-handled"]
@@ -133,6 +139,8 @@ def test_bad_input_gets_a_clear_answer_and_the_daemon_keeps_serving(
     assert "synthesize" in Error.from_event(unknown[0]).text
     assert [e.type for e in garbage] == ["error"]
     assert "not a JSON object" in Error.from_event(garbage[0]).text
+    assert [e.type for e in huge] == ["error"]
+    assert "data_length is 1000000000 bytes" in Error.from_event(huge[0]).text
     assert good[-1].type == "handled" and Handled.from_event(good[-1]).text
 
 

@@ -152,7 +152,7 @@ class _Connection(AsyncEventHandler):
                     break
         finally:
             await self.disconnect()
-            self._outbox.put_nowait(_CLOSE)
+            self.send(_CLOSE)  # the same path as the replies: after what is already queued
             # Let what is queued (an error reply) go out before the socket closes.
             with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
                 await asyncio.wait_for(writer_task, 1.0)
