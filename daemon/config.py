@@ -13,7 +13,13 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from daemon.config_base import NODE_ID as _NODE_ID
 from daemon.config_base import Section as _Section
-from daemon.config_frontends import ENV_HTTP_KEY, FleetConfig, HomeAssistantConfig, HttpConfig
+from daemon.config_frontends import (
+    ENV_HTTP_KEY,
+    FleetConfig,
+    HomeAssistantConfig,
+    HttpConfig,
+    WyomingConfig,
+)
 
 ENV_PASSWORD = "EDGELLM_MQTT_PASSWORD"
 ENV_CONFIG = "EDGELLM_CONFIG"
@@ -22,7 +28,7 @@ ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
 
 _TOPIC_LEVEL_FORBIDDEN = re.compile(r"[+#\x00]")
 # Sections defined beside this module, part of its interface.
-__all__ = ["ENV_HTTP_KEY", "FleetConfig", "HomeAssistantConfig", "HttpConfig"]
+__all__ = ["ENV_HTTP_KEY", "FleetConfig", "HomeAssistantConfig", "HttpConfig", "WyomingConfig"]
 
 
 class ConfigError(Exception):
@@ -313,6 +319,7 @@ class Config(_Section):
     fleet: FleetConfig = FleetConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     http: HttpConfig = HttpConfig()
+    wyoming: WyomingConfig = WyomingConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Config sections of fleet mode and of the front doors beside MQTT (HTTP, Home Assistant)."""
+"""Config sections of fleet mode and of the front doors beside MQTT (HTTP, Home Assistant,
+Wyoming)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,13 @@ class HttpConfig(_Section):
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest request body accepted."
     )
+
+
+class WyomingConfig(_Section):
+    """The Wyoming `handle` service (frontends/wyoming_handle.py)."""
+
+    enabled: bool = Field(True, description="Serve the Wyoming protocol on host:port.")
+    host: str = Field("127.0.0.1", min_length=1, description="Listen address; 0.0.0.0: the LAN.")
+    port: int = Field(10700, ge=1, le=65535, description="TCP port; taken: run without Wyoming.")
+    languages: list[str] = Field(["en"], min_length=1, description="Languages `info` lists.")
+    streaming: bool = Field(True, description="handled-chunk per sentence before `handled`.")

@@ -20,6 +20,7 @@ from daemon.frontends.http_api import HttpFrontDoor
 from daemon.frontends.mqtt import MqttFrontDoor, Transport
 from daemon.frontends.mqtt_messages import status_payload, telemetry_payload
 from daemon.frontends.topics import Topics, ha_status
+from daemon.frontends.wyoming_handle import WyomingDoor
 from daemon.governor.loop import Steering
 from daemon.governor.sources import make_sensors
 from daemon.intake import Intake
@@ -70,6 +71,7 @@ class Service:
         self.intake: Intake | None = None
         self.door: MqttFrontDoor | None = None
         self.http: HttpFrontDoor | None = None
+        self.wyoming: WyomingDoor | None = None
         self.verdict: cpuprobe.Verdict | None = None
 
     def status_details(self) -> dict[str, Any]:
@@ -92,6 +94,8 @@ class Service:
         details["request_topic"] = self.topics.request
         if self.http is not None:
             details["http_port"] = self.http.port
+        if self.wyoming is not None:
+            details["wyoming"] = {"host": self.cfg.wyoming.host, "port": self.cfg.wyoming.port}
         if self.topics.group is not None and self.cfg.mqtt.protocol == "5":
             topics = self.topics
             details["fleet"] = {"group": topics.group, "request_topic": topics.fleet_request}
@@ -178,6 +182,7 @@ class Service:
             self.steering.start()
         self.intake.accepting = True
         self._start_http()
+        self._start_wyoming(self.intake, self.info)
         transport.set_status(self._status("online"))
         self.notifier.status("connecting to the broker")
         return None
@@ -248,6 +253,13 @@ class Service:
     def _on_press(self, _payload: bytes) -> None:
         log.info("thread_sweep_requested", source="home_assistant")
         self.on_signal("sweep")
+
+    def _start_wyoming(self, intake: Intake, info: ModelInfo) -> None:
+        """The Wyoming front door, once the model is ready; a taken port leaves MQTT alone."""
+        if not self.cfg.wyoming.enabled:
+            return
+        door = WyomingDoor(self.cfg, intake, self.counters, info.name, info.metadata)
+        self.wyoming = door if door.start() else None
 
     def _serve(self, t0: float) -> tuple[int, bytes | None]:
         """The main loop until stopped: the exit code, and the offline status to leave."""
@@ -344,6 +356,8 @@ class Service:
         assert self.intake is not None and self.door is not None
         self.intake.reconfigure(self.cfg)
         self.door.cfg = self.cfg
+        if self.wyoming is not None:
+            self.wyoming.cfg = self.cfg
         if self.steering is not None:
             self.steering.reconfigure(self.cfg)
         if "model.n_threads" in plan.applied or "model.n_ctx" in plan.applied:
@@ -370,6 +384,9 @@ class Service:
         if self.engine is not None:
             self.engine.stop(self.cfg.limits.shutdown_grace_s)
             log.info("shutdown_engine_stopped")
+        if self.wyoming is not None:
+            # After the engine: the running generation's answer has gone out on its connection.
+            self.wyoming.stop()
         if self.transport is not None:
             self.transport.stop(offline=offline)
         log.info("shutdown_done", **dict(self.counters))

@@ -227,8 +227,9 @@ class Daemon:
             "logging": {"format": "json", "level": "info"},
             # The suite sends bursts on one client; the rate-limit tests turn limits back on.
             "policy": {"rate_limit": {"requests_per_min": None, "tokens_per_min": None}},
-            # A port of its own: daemons side by side never race for ollama's 11434.
+            # Ports of their own: daemons side by side never race for 11434 and 10700.
             "http": {"port": free_port()},
+            "wyoming": {"port": free_port()},
         }
         for key, value in self.settings.items():
             if isinstance(value, dict):

@@ -93,3 +93,28 @@ def test_no_function_is_over_the_limit():
                 if length > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(DAEMON.parent)}:{node.lineno} {node.name}"] = length
     assert not long, long
+
+
+# Each protocol library stays in its front door (docs/ARCHITECTURE.md): an upgrade touches one room.
+CONFINED = {
+    "paho": {"daemon.frontends.mqtt", "daemon.frontends.client"},
+    "wyoming": {"daemon.frontends.wyoming_handle", "daemon.frontends.wyoming_events"},
+}
+
+
+def _third_party(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_protocol_libraries_stay_in_their_front_doors():
+    users: dict[str, set[str]] = {lib: set() for lib in CONFINED}
+    for name, path in _modules().items():
+        for lib in _third_party(path) & set(CONFINED):
+            users[lib].add(name)
+    assert users == CONFINED
