@@ -211,6 +211,9 @@ class Daemon:
     node_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:6]}")
     settings: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    # Ports of its own, the same in every config it writes (a reload must not see them change).
+    http_port: int = field(default_factory=lambda: free_port())
+    wyoming_port: int = field(default_factory=lambda: free_port())
 
     @property
     def prefix(self) -> str:
@@ -228,8 +231,8 @@ class Daemon:
             # The suite sends bursts on one client; the rate-limit tests turn limits back on.
             "policy": {"rate_limit": {"requests_per_min": None, "tokens_per_min": None}},
             # Ports of their own: daemons side by side never race for 11434 and 10700.
-            "http": {"port": free_port()},
-            "wyoming": {"port": free_port()},
+            "http": {"port": self.http_port},
+            "wyoming": {"port": self.wyoming_port},
         }
         for key, value in self.settings.items():
             if isinstance(value, dict):
