@@ -139,6 +139,38 @@ class InProcess:
 # -- llama-server ---------------------------------------------------------------------------------
 
 
+def sse_stream(port: int, body: str, pid: int) -> dict[str, Any]:
+    """A streamed OpenAI-style chat completion: decode speed from the chunks' arrival times.
+
+    The token count is the usage the server reports when asked (stream_options.include_usage),
+    else the number of content chunks; edgellm joins tokens into fewer chunks (its first chunk
+    is the first token alone), so its count must come from usage.
+    """
+    request = json.loads(body)
+    request["stream_options"] = {"include_usage": True}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    t0 = time.perf_counter()
+    conn.request(
+        "POST", "/v1/chat/completions", json.dumps(request), {"Content-Type": "application/json"}
+    )
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
+    stamps: list[float] = []
+    tokens = None
+    for raw in resp:
+        line = raw.strip()
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            stamps.append(time.perf_counter())
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+    conn.close()
+    return _stream_figures(t0, stamps, tokens or len(stamps), rss_peak(pid))
+
+
 class Server:
     def __init__(self, binary: Path, model: Path, threads: int, tokens: int):
         self.port = free_port()
@@ -193,22 +225,7 @@ class Server:
         )
 
     def stream(self) -> dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        t0 = time.perf_counter()
-        conn.request(
-            "POST", "/v1/chat/completions", self._body(True), {"Content-Type": "application/json"}
-        )
-        resp = conn.getresponse()
-        stamps: list[float] = []
-        for raw in resp:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                stamps.append(time.perf_counter())
-        conn.close()
-        return _stream_figures(t0, stamps, len(stamps), rss_peak(self.proc.pid))
+        return sse_stream(self.port, self._body(True), self.proc.pid)
 
     def whole(self) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
@@ -269,6 +286,17 @@ class Edgellm:
         fig = _stream_figures(t0, [first, last], n, 0.0)
         fig["peak_rss_mib"] = rss_peak(self.daemon.proc.pid)  # type: ignore[union-attr]
         return fig
+
+    def http_stream(self) -> dict[str, Any]:
+        """The same request through edgellm's OpenAI-compatible HTTP API (issue 10)."""
+        body = {
+            "model": "smollm2-135m",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": self.tokens,
+            "temperature": 0.0,
+        }
+        assert self.daemon.proc is not None
+        return sse_stream(self.daemon.http_port, json.dumps(body), self.daemon.proc.pid)
 
     def whole(self) -> dict[str, Any]:
         rid, t0 = self._ask(False)
@@ -346,6 +374,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "edgellm_stream": edge.stream,
             "server_whole": server.whole,
             "edgellm_whole": edge.whole,
+            "edgellm_http_stream": edge.http_stream,
         }
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
         with Load(args.load):
@@ -386,6 +415,9 @@ def ratios(p: dict[str, Any]) -> dict[str, float | None]:
             edge_s["decode_tps"], p["inproc_stream"]["decode_tps"]
         ),
         "edgellm/server end to end": ratio(edge_w["e2e_tps"], p["server_whole"]["e2e_tps"]),
+        "edgellm HTTP/server streamed decode": ratio(
+            p["edgellm_http_stream"]["decode_tps"], p["server_stream"]["decode_tps"]
+        ),
         "edgellm/server TTFT": ratio(edge_s["ttft_ms"], p["server_stream"]["ttft_ms"]),
     }
 
