@@ -294,6 +294,7 @@ class Edgellm:
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": self.tokens,
             "temperature": 0.0,
+            "stream": True,
         }
         assert self.daemon.proc is not None
         return sse_stream(self.daemon.http_port, json.dumps(body), self.daemon.proc.pid)
