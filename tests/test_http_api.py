@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,3 +268,47 @@ def test_port_taken_leaves_mqtt_serving(
             assert client.until_terminal(topic)[-1].body["type"] == "done"
         finally:
             d.stop()
+
+
+def test_the_python_example_runs_against_a_node(node: Daemon):
+    example = Path(__file__).parent.parent / "docs" / "examples" / "python-openai.py"
+    out = subprocess.run(
+        [sys.executable, str(example)],
+        env={**os.environ, "EDGELLM_URL": base(node)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    listed, *answer = out.splitlines()
+    assert listed == str([MODEL]) and "".join(answer).strip()
+
+
+def test_rate_limited_and_refused_clients_get_429_and_403(
+    broker: Broker, model_path: Path, tmp_path: Path
+):
+    limited = {"rate_limit": {"requests_per_min": 1.0, "burst": 1, "tokens_per_min": None}}
+    d = Daemon(
+        broker,
+        tmp_path,
+        settings={"http": {"port": free_port()}, "policy": limited},
+    ).start()
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+        body["options"] = {"num_predict": 2}
+        assert httpx.post(base(d) + "/api/chat", json=body, timeout=60).status_code == 200
+        again = httpx.post(base(d) + "/api/chat", json=body, timeout=60)
+        assert again.status_code == 429 and "error" in again.json()
+        assert float(again.headers["Retry-After"]) > 0
+    finally:
+        d.stop()
+    far = Daemon(
+        broker,
+        tmp_path,
+        settings={"http": {"port": free_port(), "clients_allowed": ["10.0.0.0/8"]}},
+    ).start()
+    try:
+        refused = httpx.get(base(far) + "/api/tags", timeout=10)
+        assert refused.status_code == 403 and "error" in refused.json()
+    finally:
+        far.stop()

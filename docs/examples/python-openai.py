@@ -1,11 +1,15 @@
 """Ask edgellm through the unmodified `openai` package (pip install openai).
 
 The key is only checked when the node sets http.api_key; otherwise any string will do.
+EDGELLM_URL names another node (default: this machine, ollama's port).
 """
+
+import os
 
 from openai import OpenAI
 
-client = OpenAI(base_url="http://127.0.0.1:11434/v1", api_key="unused-unless-http.api_key")
+url = os.environ.get("EDGELLM_URL", "http://127.0.0.1:11434")
+client = OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("EDGELLM_KEY", "unused"))
 
 print([m.id for m in client.models.list().data])
 
