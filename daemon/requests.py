@@ -84,6 +84,8 @@ class Request:
     # Streamed tokens: at most one delta per this many ms (None: generation.stream_interval_ms;
     # 0: one per token). The first token always goes at once.
     stream_interval_ms: int | None = None
+    # Structured output: the reply must match this JSON schema (a llama.cpp grammar enforces it).
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import GenerationConfig
-from daemon.engine import llama_compat
+from daemon.engine import llama_compat, structured
 from daemon.engine.prompt import Prompter, Refused
 from daemon.engine.textstream import SentenceChunker, StopMatcher
 from daemon.requests import Done, ErrorCode, Job, StreamMode, Timings, Usage
@@ -76,6 +76,7 @@ class Generation:
         self._n_out = 0
         self._first_at: float | None = None
         self._finish = "length"
+        self._grammar: Any = None
 
     def run(self) -> Measured | None:
         """Generate and answer; the speeds measured, or None when it ended without a reply."""
@@ -84,7 +85,7 @@ class Generation:
         if not self._still_wanted(started):
             return None
         tokens = self._tokens()
-        if tokens is None:
+        if tokens is None or not self._compile_schema():
             return None
         max_new = self._room(len(tokens))
         if max_new is None:
@@ -129,6 +130,17 @@ class Generation:
         except Refused as rej:
             self.job.finish_error(rej.code, rej.message)
             return None
+
+    def _compile_schema(self) -> bool:
+        """The request's JSON schema as a grammar; False (and answered) when it cannot be one."""
+        if self.req.json_schema is None:
+            return True
+        try:
+            self._grammar = self._prompter.grammars.for_schema(self.req.json_schema)
+        except structured.SchemaError as err:
+            self.job.finish_error(err.code, str(err), NOTHING_YET)
+            return False
+        return True
 
     def _room(self, n_prompt: int) -> int | None:
         """Tokens this reply may have, or None (and answered) when the prompt fills the context."""
@@ -189,7 +201,14 @@ class Generation:
         top_p = req.top_p if req.top_p is not None else gen.top_p
         vocab = llama_compat.vocab(llm)
         stream = llm.generate(
-            tokens, top_k=gen.top_k, top_p=top_p, temp=temp, repeat_penalty=gen.repeat_penalty
+            tokens,
+            top_k=gen.top_k,
+            top_p=top_p,
+            temp=temp,
+            # JSON repeats its quotes and braces by design: a repeat penalty keeps a small model
+            # from closing a string (seen: "kitchen light } A kitchen light is ..." to the limit).
+            repeat_penalty=gen.repeat_penalty if self._grammar is None else 1.0,
+            grammar=self._grammar,
         )
         try:
             for token in stream:
@@ -242,6 +261,8 @@ class Generation:
             for sentence in self._chunker.flush():
                 self._delta(sentence)
         timings = self._timings(started, end)
+        if self.req.json_schema is not None:
+            self._notes.update(structured.parsed(self.text))
         if self.req.stream is not StreamMode.OFF:
             self._notes["seq"] = self._seq
         first_at = self._first_at

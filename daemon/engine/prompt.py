@@ -6,6 +6,7 @@ from typing import Any
 
 from daemon.config import GenerationConfig, PolicyConfig
 from daemon.engine import llama_compat
+from daemon.engine.structured import Grammars
 from daemon.requests import ChatMessage, ErrorCode, Request
 from daemon.safeguards.policy import Classifier, TermFilter, compose_system
 
@@ -32,6 +33,8 @@ class Prompter:
         classifier: Classifier | None = None,
     ):
         from llama_cpp import llama_chat_format
+
+        self.grammars = Grammars()  # structured output: compiled JSON-schema grammars
 
         self._llm = llm
         self._name = model_name

@@ -82,6 +82,7 @@ class _Body(BaseModel):
     deadline_ms: int | None = Field(None, ge=1, le=86_400_000)
     stream_interval_ms: int | None = Field(None, ge=0, le=5000)
     delta_qos: Literal[0, 1, 2] | None = None
+    json_schema: dict[str, Any] | None = None
 
     @field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -229,6 +230,7 @@ def _request(
         priority=Priority[body.priority.upper()],
         client=msg.client,
         stream_interval_ms=body.stream_interval_ms,
+        json_schema=body.json_schema,
     )
 
 
