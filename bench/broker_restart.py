@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.common import Broker, Client, Daemon, free_port, report, settle, workdir
-from tests.helpers import LOOPBACK, nodelay, wait_port
+from tests.helpers import nodelay
 
 # Prompts that ask for a long answer; the first that runs the full length without ending its
 # turn is used (which one does depends on the CPU's kernels). A stop string nobody writes keeps
@@ -52,30 +50,16 @@ class PersistentBroker(Broker):
     persistence: bool = True
     store: Path | None = None
 
-    def start(self) -> PersistentBroker:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    def persistence_conf(self) -> str:
         # Started as root, mosquitto drops to the `mosquitto` user: its database directory must
         # be one that user can reach and write (the private work dir is not).
         if self.store is None:  # the same one across restarts
             self.store = Path(tempfile.mkdtemp(prefix="edgellm-broker-db-"))
             self.store.chmod(0o777)
-        store = self.store
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} {LOOPBACK}\n"
-            "allow_anonymous true\n"
-            "set_tcp_nodelay true\n"
+        return (
             f"persistence {'true' if self.persistence else 'false'}\n"
-            f"persistence_location {store}/\n"
-            f"{self.extra_conf}\n"
+            f"persistence_location {self.store}/\n"
         )
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "mosquitto.log").open("ab"),
-        )
-        wait_port(self.port)
-        return self
 
 
 @dataclass

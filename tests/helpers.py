@@ -79,6 +79,10 @@ class Broker:
     proc: subprocess.Popen | None = None
     host: str = LOOPBACK
 
+    def persistence_conf(self) -> str:
+        """The persistence lines of its config (off: a broker of its own for each test)."""
+        return "persistence false\n"
+
     def start(self) -> Broker:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / "mosquitto.conf"
@@ -86,7 +90,7 @@ class Broker:
             f"listener {self.port} {LOOPBACK}\n"
             "allow_anonymous true\n"
             "set_tcp_nodelay true\n"
-            "persistence false\n"
+            f"{self.persistence_conf()}"
             f"{self.extra_conf}\n"
         )
         self.proc = subprocess.Popen(
