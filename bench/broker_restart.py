@@ -174,6 +174,10 @@ def one_run(
             "temperature": 0,
             "seed": 1,
             "stream": True,
+            # Every delta must survive the restart: QoS 1 (deltas default to QoS 0), and one per
+            # token as when this was first measured (they are coalesced per 40 ms by default).
+            "delta_qos": 1,
+            "stream_interval_ms": 0,
             "stop": [NEVER],
         }
         client.request(f"{d.prefix}/request", body)

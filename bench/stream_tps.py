@@ -68,7 +68,16 @@ def over_mqtt(
             client.publish(
                 f"{d.prefix}/request",
                 json.dumps(
-                    {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+                    {
+                        "prompt": PROMPT,
+                        "max_tokens": max_tokens,
+                        "temperature": 0,
+                        "stream": True,
+                        # A delta per token (this counts them) at the QoS asked for: deltas are
+                        # coalesced per 40 ms and sent at QoS 0 by default.
+                        "stream_interval_ms": 0,
+                        "delta_qos": reply_qos,
+                    }
                 ),
                 response_topic=topic,
             )
