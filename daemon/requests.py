@@ -86,6 +86,9 @@ class Request:
     stream_interval_ms: int | None = None
     # Structured output: the reply must match this JSON schema (a llama.cpp grammar enforces it).
     json_schema: dict[str, Any] | None = None
+    # A conversation the node remembers (daemon/sessions): its stored turns come before this
+    # request's prompt or messages, and the reply is added to them. Scoped to `client`.
+    session: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from daemon.requests import (
 PROTOCOL_VERSION = 1
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 _ID_RE = re.compile(_ID_PATTERN)
+# A session id: also a topic level (.../session/<id>/reset), so no '/', '+' or '#'.
+SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 # The longest client name (the topic level after .../request/) accepted.
 MAX_CLIENT_CHARS = 128
 # The MQTT v5 user property counting how often nodes handed a fleet request back to the group.
@@ -83,6 +85,7 @@ class _Body(BaseModel):
     stream_interval_ms: int | None = Field(None, ge=0, le=5000)
     delta_qos: Literal[0, 1, 2] | None = None
     json_schema: dict[str, Any] | None = None
+    session: str | None = Field(None, pattern=SESSION_PATTERN)
 
     @field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -231,6 +234,7 @@ def _request(
         client=msg.client,
         stream_interval_ms=body.stream_interval_ms,
         json_schema=body.json_schema,
+        session=body.session,
     )
 
 

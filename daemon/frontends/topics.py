@@ -114,6 +114,31 @@ class Topics:
         """Where the client named ``client`` cancels its requests."""
         return f"{self.base}/cancel/{client}"
 
+    # -- sessions (daemon/sessions) ---------------------------------------------------------------
+
+    @property
+    def session_resets(self) -> list[str]:
+        """The filters of the reset topics: ``<base>/session/<id>/reset`` (the plain client's
+        session) and ``<base>/session/<id>/reset/<client>`` (the ACL binds the last level)."""
+        return [f"{self.base}/session/+/reset", f"{self.base}/session/+/reset/+"]
+
+    def session_reset(self, session: str, client: str = "") -> str:
+        """Where ``client`` forgets its session ``session``."""
+        plain = f"{self.base}/session/{session}/reset"
+        return f"{plain}/{client}" if client else plain
+
+    def session_reset_of(self, topic: str) -> tuple[str, str] | None:
+        """(session id, client) of a reset topic, or None if the topic is not one."""
+        head = f"{self.base}/session/"
+        if not topic.startswith(head):
+            return None
+        levels = topic[len(head) :].split("/")
+        if len(levels) == 2 and levels[1] == "reset" and levels[0]:
+            return levels[0], ""
+        if len(levels) == 3 and levels[1] == "reset" and levels[0] and levels[2]:
+            return levels[0], levels[2]
+        return None
+
     @property
     def status(self) -> str:
         """Retained online/offline state with details; also the last will."""
