@@ -20,6 +20,7 @@ from daemon.config_frontends import (
     HttpConfig,
     WyomingConfig,
 )
+from daemon.sessions.config import SessionsConfig
 
 ENV_PASSWORD = "EDGELLM_MQTT_PASSWORD"
 ENV_CONFIG = "EDGELLM_CONFIG"
@@ -320,6 +321,7 @@ class Config(_Section):
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     http: HttpConfig = HttpConfig()
     wyoming: WyomingConfig = WyomingConfig()
+    sessions: SessionsConfig = SessionsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

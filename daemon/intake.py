@@ -20,6 +20,7 @@ from daemon.requests import Done, ErrorCode, Job, QueueFull, Rejection, Request
 from daemon.safeguards.dedupe import Key, RecentRequests
 from daemon.safeguards.policy import client_allowed
 from daemon.safeguards.ratelimit import RateLimiter
+from daemon.sessions.store import SessionKey
 
 log = structlog.get_logger(__name__)
 
@@ -219,3 +220,12 @@ class Intake:
         """Cancel a request of this client's (a client cancels only its own)."""
         found = self.engine.cancel(rid, client)
         log.info("cancel", id=rid, client=client, found=found)
+
+    def reset_session(self, client: str, session: str) -> None:
+        """Forget a client's session: its turns and any saved KV state (a client resets only
+        its own: sessions are keyed by client)."""
+        if not client_allowed(self.cfg.policy.clients_allowed, client):
+            log.warning("session_reset_refused", client=client)
+            return
+        found = self.engine.memory.reset(SessionKey(client, session))
+        log.info("session_reset", client=client, found=found)

@@ -15,9 +15,11 @@ from daemon import __version__, config, logsetup, models
 from daemon.config import Config
 from daemon.credentials import http_api_key, mqtt_password
 from daemon.engine import Engine, EngineError, ModelInfo, cpuprobe, default_threads
+from daemon.engine.history import make_memory
 from daemon.frontends import ha_discovery
 from daemon.frontends.http_api import HttpFrontDoor
-from daemon.frontends.mqtt import MqttFrontDoor, Transport
+from daemon.frontends.mqtt import Transport
+from daemon.frontends.mqtt_door import MqttFrontDoor
 from daemon.frontends.mqtt_messages import status_payload, telemetry_payload
 from daemon.frontends.topics import Topics, ha_status
 from daemon.frontends.wyoming_handle import WyomingDoor
@@ -75,19 +77,16 @@ class Service:
         self.verdict: cpuprobe.Verdict | None = None
 
     def status_details(self) -> dict[str, Any]:
-        info = self.info
+        info, engine = self.info, self.engine
         details: dict[str, Any] = {"node_id": self.cfg.node_id, "version": __version__}
-        if info is not None and self.engine is not None:
+        if info is not None and engine is not None:
             details.update(
-                model=info.name,
-                chat=info.chat,
-                n_ctx=self.engine.n_ctx,
-                threads=self.engine.threads,
+                model=info.name, chat=info.chat, n_ctx=engine.n_ctx, threads=engine.threads
             )
-            if self.engine.sweep is not None:
+            if engine.sweep is not None:
                 # The measured speed per thread count, recorded where anyone can read it.
                 details["thread_sweep"] = {
-                    str(n): tps for n, tps in self.engine.sweep.tokens_per_s.items()
+                    str(n): tps for n, tps in engine.sweep.tokens_per_s.items()
                 }
         if self.verdict is not None:
             details["cpu_repack"] = self.verdict.repack
@@ -163,6 +162,7 @@ class Service:
             repack=self.verdict.repack,
             policy=self.cfg.policy,
             classifier=classifier,
+            memory=make_memory(self.cfg.sessions),
         )
         self.intake = Intake(self.cfg, self.engine, self.counters, self._memory_ok)
         transport = self._connect(self.intake)
@@ -216,7 +216,7 @@ class Service:
             on_request=self.door.on_request,
             on_cancel=self.door.on_cancel,
             offline_payload=self._status("offline"),
-            routes=self._ha_routes(),
+            routes={**self._ha_routes(), **self.door.routes()},
             on_subscribed=self._announce,
         )
         self.door.transport = self.transport
@@ -228,7 +228,10 @@ class Service:
         ha = self.cfg.homeassistant
         if not ha.discovery:
             return {}
-        return {ha_status(ha.prefix): self._on_ha_status, self.topics.sweep_command: self._on_press}
+        return {
+            ha_status(ha.prefix): lambda _t, p: self._on_ha_status(p),
+            self.topics.sweep_command: lambda _t, _p: self.on_signal("press"),
+        }
 
     def _announce(self) -> None:
         """After every (re)subscribe: publish the retained discovery message, or, with discovery
@@ -249,10 +252,6 @@ class Service:
         # Home Assistant says "online" after a restart: announce again, as its docs ask.
         if payload.strip() == b"online":
             self._announce()
-
-    def _on_press(self, _payload: bytes) -> None:
-        log.info("thread_sweep_requested", source="home_assistant")
-        self.on_signal("sweep")
 
     def _start_wyoming(self, intake: Intake, info: ModelInfo) -> None:
         """The Wyoming front door, once the model is ready; a taken port leaves MQTT alone."""
@@ -276,6 +275,7 @@ class Service:
                 # Never a dead worker behind an `online` status: say why, exit, get restarted.
                 return EXIT_ENGINE, self._status("offline", self.engine.failure)
             self.engine.expire_waiting()
+            self.engine.memory.expire()
             if not ready and self.transport.ready.is_set():
                 # READY only once the model is loaded and the request topic is subscribed.
                 ready = True
@@ -303,7 +303,8 @@ class Service:
                 self.stop_event.set()
             elif signalled == "reload":
                 self.reload()
-            elif signalled == "sweep":
+            elif signalled in ("sweep", "press"):  # SIGUSR1, Home Assistant's button
+                log.info("thread_sweep_requested", source="home_assistant" * (signalled == "press"))
                 self.engine.request_sweep()
 
     def _status_line(self) -> str:

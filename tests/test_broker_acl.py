@@ -21,6 +21,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon.frontends.topics import Topics
 from tests.helpers import LOOPBACK, REPO, Broker, Daemon, free_port, wait_port
 
 CONF = REPO / "deploy" / "mosquitto" / "edgellm.conf"
@@ -312,6 +313,17 @@ def test_only_home_assistant_presses_the_nodes_button(login: Any) -> None:
     alice.publish(press, "PRESS")
     ha.publish(press, "PRESS")
     assert daemon.received() == [(press, "PRESS")]
+
+
+def test_a_user_resets_only_its_own_sessions(login: Any) -> None:
+    """Sessions are kept per user name: the reset topic's last level is bound like a cancel's."""
+    daemon, alice = login("edgellm"), login("alice")
+    for f in Topics("edgellm", "kitchen").session_resets:
+        daemon.subscribe(f)
+    alice.publish("edgellm/kitchen/session/s1/reset", "{}")  # the open broker's plain topic
+    alice.publish("edgellm/kitchen/session/s1/reset/bob", "{}")  # not hers
+    alice.publish("edgellm/kitchen/session/s1/reset/alice", "{}")
+    assert daemon.received() == [("edgellm/kitchen/session/s1/reset/alice", "{}")]
 
 
 def test_the_lan_broker_keeps_retained_status_across_a_restart() -> None:

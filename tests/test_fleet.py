@@ -23,7 +23,8 @@ from paho.mqtt.properties import Properties
 
 from daemon import config
 from daemon.engine.admission import backlog_seconds
-from daemon.frontends.mqtt import FLEET_HOPS, MqttFrontDoor, Transport
+from daemon.frontends.mqtt import FLEET_HOPS, Transport
+from daemon.frontends.mqtt_door import MqttFrontDoor
 from daemon.frontends.mqtt_messages import Incoming, hops_of
 from daemon.frontends.topics import Topics
 from daemon.reload import plan_reload

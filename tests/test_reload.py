@@ -11,7 +11,7 @@ import yaml
 
 from daemon import config, logsetup
 from daemon.engine import ModelInfo
-from daemon.frontends.mqtt import MqttFrontDoor
+from daemon.frontends.mqtt_door import MqttFrontDoor
 from daemon.governor.loop import Steering
 from daemon.intake import Intake
 from daemon.reload import LIVE, plan_reload

@@ -115,3 +115,10 @@ def backlog_seconds(current: Any, waiting: Iterable[Any], now: float) -> float |
 def max_new(req: Request, gen: GenerationConfig, limits: LimitsConfig) -> int:
     """The most tokens a request may generate: its max_tokens (or the default), clamped."""
     return int(min(req.max_tokens or gen.max_tokens, limits.max_tokens))
+
+
+def estimate(
+    req: Request, gen: GenerationConfig, limits: LimitsConfig, rates: Rates, n_ctx: int
+) -> float | None:
+    """job_seconds of a request: its prompt's length and the most tokens it may ask for."""
+    return job_seconds(prompt_chars(req), max_new(req, gen, limits), rates, n_ctx)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import GenerationConfig
-from daemon.engine import llama_compat, structured
+from daemon.engine import history, llama_compat, structured
+from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter, Refused
 from daemon.engine.textstream import SentenceChunker, StopMatcher
 from daemon.requests import Done, ErrorCode, Job, StreamMode, Timings, Usage
@@ -52,6 +53,7 @@ class Generation:
         max_new: int,
         clock: Callable[[], float],
         on_token: Callable[[float], None],
+        memory: history.SessionMemory | None = None,
     ):
         self.job = job
         self.req = job.request
@@ -77,6 +79,9 @@ class Generation:
         self._first_at: float | None = None
         self._finish = "length"
         self._grammar: Any = None
+        memory = memory or history.SessionMemory(None, KvStates(0))
+        self._kv, self._sessions = memory.kv, memory.store
+        self._fitted: history.Fitted | None = None
 
     def run(self) -> Measured | None:
         """Generate and answer; the speeds measured, or None when it ended without a reply."""
@@ -90,6 +95,7 @@ class Generation:
         max_new = self._room(len(tokens))
         if max_new is None:
             return None
+        self._kv.prepare(self._llm, self._fitted.key if self._fitted else None, tokens)
         self._seed()
         # What the prompt costs: the tokens not already in the KV cache (for admission estimates).
         fresh = len(tokens) - common_prefix(llama_compat.cached_tokens(self._llm), tokens)
@@ -126,7 +132,13 @@ class Generation:
             self.job.finish_error(refused.code, refused.message, NOTHING_YET)
             return None
         try:
-            return self._prompter.encode(req.prompt, req.messages, req.system)
+            if req.session is None:
+                return self._prompter.encode(req.prompt, req.messages, req.system)
+            if self._sessions is None:
+                raise Refused(ErrorCode.BAD_REQUEST, "sessions are off on this node")
+            n_ctx = self._llm.n_ctx()
+            self._fitted = history.fit(req, self._sessions, self._prompter, n_ctx, self._max_new)
+            return self._fitted.tokens
         except Refused as rej:
             self.job.finish_error(rej.code, rej.message)
             return None
@@ -265,6 +277,13 @@ class Generation:
             self._notes.update(structured.parsed(self.text))
         if self.req.stream is not StreamMode.OFF:
             self._notes["seq"] = self._seq
+        if self._fitted is not None and self._sessions is not None:
+            self._notes["session"] = {
+                "id": self._fitted.key.id,
+                "messages": history.record(self._sessions, self._fitted, self.text),
+                "dropped": self._fitted.dropped,
+                "cached_tokens": n_prompt - fresh,
+            }
         first_at = self._first_at
         prefill = None
         if first_at is not None and fresh >= 16 and first_at > gen_at:

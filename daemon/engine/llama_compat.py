@@ -179,3 +179,40 @@ def cached_tokens(llm: Any) -> Any:
 def thread_counts(llm: Any) -> tuple[int, int]:
     """(threads, batch threads) the context was made with. Tested: 0.3.36."""
     return int(llm.context_params.n_threads), int(llm.context_params.n_threads_batch)
+
+
+def save_sequence(llm: Any) -> tuple[Any, list[int]]:
+    """The KV cache of the live sequence (seq 0) as a buffer, and the tokens it holds.
+
+    Only the KV cells (about 23 KB a token for SmolLM2-135M), not the logits llama-cpp-python's
+    save_state() also copies. Tested: 0.3.36.
+    """
+    import ctypes
+
+    import llama_cpp
+
+    ctx = llm._ctx.ctx
+    size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+    buf = (ctypes.c_uint8 * size)()
+    n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+    if n == 0 or n > size:
+        raise RuntimeError("llama_state_seq_get_data failed")
+    return buf, [int(t) for t in llm.input_ids[: llm.n_tokens]]
+
+
+def restore_sequence(llm: Any, buf: Any, tokens: list[int]) -> bool:
+    """Put a saved sequence back as the live one; False (and an empty cache) if llama.cpp
+    refuses it. generate() then evaluates at least the last prompt token again, so logits are
+    fresh (`_requires_eval`). Tested: 0.3.36."""
+    import llama_cpp
+
+    if len(tokens) >= llm.n_ctx():
+        llm.reset()
+        return False
+    if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, len(buf), 0) == 0:
+        llm.reset()
+        return False
+    llm.input_ids[: len(tokens)] = tokens
+    llm.n_tokens = len(tokens)
+    llm._requires_eval = True
+    return True

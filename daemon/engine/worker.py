@@ -13,6 +13,8 @@ import structlog
 from daemon.config import GenerationConfig, LimitsConfig, ModelConfig, PolicyConfig
 from daemon.engine import admission, llama_compat, loading
 from daemon.engine.generation import NOTHING_YET, Generation
+from daemon.engine.history import SessionMemory
+from daemon.engine.kvstates import KvStates
 from daemon.engine.limits import LiveLimits
 from daemon.engine.loading import ModelInfo
 from daemon.engine.prompt import Prompter
@@ -47,6 +49,7 @@ class Engine:
         repack: bool = False,
         policy: PolicyConfig | None = None,
         classifier: Classifier | None = None,
+        memory: SessionMemory | None = None,
     ):
         self._path = model_path
         # Weight repacking (llama.cpp's extra buffer types): off unless the CPU probe said it
@@ -78,6 +81,7 @@ class Engine:
         self.failure: str | None = None
         self.failed = threading.Event()
         self._tuner = ThreadTuner(clock)
+        self.memory = memory or SessionMemory(None, KvStates(0))  # sessions: turns, KV states
 
     # -- called from other threads -------------------------------------------------------------
 
@@ -101,12 +105,7 @@ class Engine:
         """Queue a job; raises QueueFull (answer busy), DuplicateId or WouldMissDeadline. A full
         queue makes room for an interactive job by answering the newest background one `busy`."""
         req = job.request
-        job.estimate_s = admission.job_seconds(
-            admission.prompt_chars(req),
-            admission.max_new(req, self._gen, self._limits),
-            self.rates(),
-            self.n_ctx,
-        )
+        job.estimate_s = admission.estimate(req, self._gen, self._limits, self.rates(), self.n_ctx)
         with self._lock:
             current = self._current
             if (current is not None and current.request.id == req.id) or self._queue.find(req.id):
@@ -127,8 +126,7 @@ class Engine:
             )
 
     def rates(self) -> admission.Rates:
-        """Measured prefill and decode tokens/s (None until measured)."""
-        return self._rates
+        return self._rates  # measured prefill and decode tokens/s (None until measured)
 
     def expire_waiting(self) -> int:
         """Answer `timeout` to every waiting job whose deadline has passed; how many."""
@@ -342,6 +340,7 @@ class Engine:
         """
         t0 = time.monotonic()
         assert self._prompter is not None
+        self.memory.kv.clear()  # a new or reset context: no KV state saved before fits it
         tokens = self._prompter.encode(prompt=SWEEP_PROMPT, messages=None, system=None)
         self._llm.eval(tokens[: self._llm.n_ctx() - 1])
         return (time.monotonic() - t0) * 1000
@@ -387,6 +386,7 @@ class Engine:
             admission.max_new(job.request, self._gen, self._limits),
             self._clock,
             self._on_token,
+            self.memory,
         ).run()
         if measured is not None:
             self._rates = admission.updated(

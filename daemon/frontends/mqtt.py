@@ -11,7 +11,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -20,21 +19,9 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.config import Config, MqttConfig
-from daemon.frontends.mqtt_messages import (
-    FLEET_HOPS,
-    Incoming,
-    delta_payload,
-    done_payload,
-    error_payload,
-    hops_of,
-    parse_cancel,
-    parse_request,
-)
+from daemon.config import MqttConfig
+from daemon.frontends.mqtt_messages import FLEET_HOPS, Incoming, hops_of
 from daemon.frontends.topics import Topics
-from daemon.intake import Intake, log_request
-from daemon.requests import Done, ErrorCode, Rejection, ReplyAddress, Request
-from daemon.safeguards.policy import reply_topic_allowed
 
 log = structlog.get_logger(__name__)
 
@@ -83,10 +70,11 @@ class Transport:
         on_request: Callable[[Incoming], None],
         on_cancel: Callable[[bytes, str], None],
         offline_payload: bytes,
-        routes: dict[str, Callable[[bytes], None]] | None = None,
+        routes: dict[str, Callable[[str, bytes], None]] | None = None,
         on_subscribed: Callable[[], None] | None = None,
     ):
-        """routes: further topics to subscribe to and who takes their (non-retained) messages;
+        """routes: further topic filters to subscribe to and who takes their (non-retained)
+        messages, as (topic, payload);
         on_subscribed: called after every successful (re)subscribe."""
         self._cfg = cfg
         self._routes = routes or {}
@@ -230,11 +218,12 @@ class Transport:
     def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = time.monotonic()
         payload = bytes(msg.payload)
-        route = self._routes.get(msg.topic)
+        routes = self._routes.items()
+        route = next((r for f, r in routes if mqtt.topic_matches_sub(f, msg.topic)), None)
         if route is not None:
             # A retained command would run again at every reconnect: only live ones count.
             if not msg.retain:
-                route(payload)
+                route(msg.topic, payload)
             return
         topics = self._topics
         canceller = topics.client_of(msg.topic, "cancel")
@@ -275,123 +264,3 @@ class Transport:
         topics = self._topics
         topic = topics.fleet_client_request(msg.client) if msg.client else topics.fleet_request
         self._client.publish(topic, msg.payload, qos=1, properties=props)
-
-
-class MqttFrontDoor:
-    """Parses what arrives into Requests for intake; encodes the replies as MQTT payloads.
-
-    Runs on paho's network thread: parse and queue, never block.
-    """
-
-    def __init__(self, cfg: Config, topics: Topics, intake: Intake, counters: Counter):
-        self.cfg = cfg  # replaced on a reload (reply_qos and policy.reply_topics are live)
-        self._topics = topics
-        self._intake = intake
-        self._counters = counters
-        self.transport: Transport | None = None
-
-    def _publish(self, reply: ReplyAddress, payload: bytes, qos: int | None = None) -> None:
-        assert self.transport is not None
-        qos = self.cfg.mqtt.reply_qos if qos is None else qos
-        self.transport.publish(reply.topic, payload, qos, reply.correlation)
-
-    def _reply_filters(self) -> list[str]:
-        """Where replies may go: this node's reply tree (and its fleet's), plus what
-        policy.reply_topics adds."""
-        fleet = [self._topics.fleet_replies] if self._topics.group is not None else []
-        return [self._topics.replies, *fleet, *(self.cfg.policy.reply_topics or [])]
-
-    def _hand_back(self, msg: Incoming) -> bool:
-        """Give a fleet request back to the group when this node could not start it soon.
-
-        mosquitto hands a shared subscription's messages to its members in turn, busy or not
-        (bench/fleet_broker.py; Receive Maximum only queues them behind the busy one), so the
-        node itself sends on what it cannot start within fleet.start_within_s. After
-        fleet.max_hops hand-backs a node takes it whatever its queue: every node is busy.
-        """
-        hops = msg.fleet_hops
-        if hops is None or hops >= self.cfg.fleet.max_hops or self.transport is None:
-            return False
-        backlog = self._intake.engine.backlog_s()
-        soon = backlog is not None and backlog <= self.cfg.fleet.start_within_s
-        if self._intake.accepting and soon:
-            return False
-        self._counters["fleet_handed_back"] += 1
-        log.info("fleet_hand_back", hops=hops + 1, backlog_s=backlog, client=msg.client)
-        self.transport.hand_back(msg)
-        return True
-
-    def on_request(self, msg: Incoming) -> None:
-        """A message on a request topic: parse it, check its reply topic, hand it to intake."""
-        if self._hand_back(msg):
-            return
-        parsed = parse_request(msg, self._topics, self.cfg.limits)
-        if isinstance(parsed, Rejection):
-            self.refuse(parsed)
-            return
-        req = parsed
-        if not reply_topic_allowed(self._reply_filters(), req.reply.topic):
-            # The confused deputy: never publish model output onto a topic the policy does not
-            # list (another device's command topic, say), whatever the broker would allow.
-            self._counters["reply_topic_refused"] += 1
-            log.warning("reply_topic_refused", id=req.id, client=req.client)
-            default = ReplyAddress(msg.default_reply(self._topics, req.id), req.reply.correlation)
-            self.refuse(
-                Rejection(
-                    ErrorCode.BAD_REQUEST,
-                    "reply topic not allowed by this node's policy: use "
-                    f"{self._topics.replies.removesuffix('#')}...",
-                    req.id,
-                    default,
-                )
-            )
-            return
-        self._intake.take(req, self)
-
-    def on_cancel(self, payload: bytes, client: str) -> None:
-        """A message on a cancel topic; client is the topic's last level (bound by the ACL)."""
-        rid = parse_cancel(payload)
-        if rid is None:
-            log.warning("cancel_ignored", reason="no valid id")
-            return
-        # A client cancels only its own requests: on a LAN broker the ACL binds the cancel
-        # topic's last level to the user, so one user cannot stop another's by guessing ids.
-        self._intake.cancel(rid, client)
-
-    # -- intake.Answers ------------------------------------------------------------------------
-
-    def delta(self, request: Request, seq: int, text: str) -> None:
-        reply = request.reply
-        qos = self.cfg.mqtt.delta_qos if reply.delta_qos is None else reply.delta_qos
-        self._publish(reply, delta_payload(request.id, seq, text), qos)
-
-    def done(self, request: Request, done: Done) -> bytes:
-        payload = done_payload(request.id, done, node=self._topics.node_id)
-        self._publish(request.reply, payload)
-        return payload
-
-    def error(self, request: Request, code: ErrorCode, message: str, extra: dict) -> bytes:
-        payload = error_payload(request.id, code, message, {**extra, "node": self._topics.node_id})
-        self._publish(request.reply, payload)
-        return payload
-
-    def again(self, request: Request, payload: bytes) -> None:
-        self._publish(request.reply, payload)
-
-    def refuse(self, rejection: Rejection) -> None:
-        self._counters[f"rejected_{rejection.code}"] += 1
-        reply = rejection.reply
-        if reply is not None and not reply_topic_allowed(self._reply_filters(), reply.topic):
-            self._counters["reply_topic_refused"] += 1
-            log.warning("reply_topic_refused", id=rejection.id)
-            rid = rejection.id
-            default = self._topics.response_for(rejection.client, rid) if rid else None
-            reply = ReplyAddress(default, reply.correlation) if default else None
-        if reply is None:
-            # Nowhere to answer: log and count, never guess a topic.
-            log.warning(
-                "request_rejected_unanswerable", code=str(rejection.code), detail=rejection.message
-            )
-            return
-        self._publish(reply, error_payload(rejection.id, rejection.code, rejection.message))
-        log_request(rejection.id, rejection.client, str(rejection.code), detail=rejection.message)

@@ -14,7 +14,15 @@ import structlog
 from daemon.config import Config, GovernorConfig
 from daemon.engine import Engine, ModelInfo
 from daemon.governor import boards
-from daemon.governor.policy import Decision, Limits, ModelFacts, decide, kv_bytes_per_token
+from daemon.governor.policy import (
+    MIB,
+    Decision,
+    Limits,
+    ModelFacts,
+    decide,
+    kv_bytes_per_token,
+    kv_state_budget,
+)
 from daemon.governor.snapshot import LoadAware, SensorSource, Snapshot
 
 log = structlog.get_logger(__name__)
@@ -96,6 +104,7 @@ class Steering:
         self._publish = publish
         self._clock = clock
         self._interval = cfg.monitor.interval_s
+        self._kv_ceiling = cfg.sessions.kv_budget_mb * MIB
         self.facts = model_facts(info, engine, self.gcfg)
         self.limits = Limits(threads=engine.threads, n_ctx=engine.n_ctx, admit=True)
         self._requested = self.limits
@@ -160,6 +169,8 @@ class Steering:
         snap = self._sensors.read()
         self.history.append(snap)
         decision = decide(list(self.history), self.limits, self.gcfg, self.facts, now)
+        kv = self._engine.memory.kv
+        kv.budget_bytes = kv_state_budget(snap.mem_headroom, kv.nbytes, self.gcfg, self._kv_ceiling)
         new, old = decision.limits, self._requested
         fresh = decision.changed and new != old
         if fresh:

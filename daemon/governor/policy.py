@@ -315,3 +315,13 @@ def _element_size(cache_type: str | int) -> Fraction:
         return BYTES_PER_ELEMENT[name.lower()]
     except KeyError:
         raise ValueError(f"unknown KV cache type {cache_type!r}") from None
+
+
+def kv_state_budget(headroom: int | None, held: int, cfg: GovernorConfig, ceiling: int) -> int:
+    """Bytes the saved KV states of sessions may hold: the configured ceiling, less when memory
+    is short (half of what would be free above twice the margin if none were held), the ceiling
+    when memory is unknown. The engine drops the least recently used states to fit."""
+    if headroom is None:
+        return ceiling
+    spare = headroom + held - 2 * (cfg.mem_margin_mb or 0) * MIB
+    return max(0, min(ceiling, spare // 2))
