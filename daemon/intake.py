@@ -69,6 +69,8 @@ def log_request(
             total_ms=round(done.timings.total_ms, 1),
             tokens_per_s=round(done.timings.tokens_per_s, 1),
         )
+        if "session" in done.notes:  # how much history it had, and what came from the cache
+            fields["session"] = done.notes["session"]
     if usage is not None:
         fields["usage"] = usage
     if request is not None:

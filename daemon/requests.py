@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
+# A session id, the same on every front door: also a topic level (.../session/<id>/reset), so
+# no '/', '+' or '#'.
+SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
 
 class ErrorCode(StrEnum):
     """Stable error codes of the public protocol (docs/PROTOCOL.md)."""

@@ -270,3 +270,76 @@ def test_a_restart_with_sqlite_keeps_every_sessions_turns(
     finally:
         client.close()
         node.stop()
+
+
+# -- the other front doors -----------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_an_openai_client_names_its_session_in_a_header(daemon: Daemon):
+    import openai
+
+    sid = uuid.uuid4().hex[:8]
+    url = f"http://127.0.0.1:{daemon.http_port}/v1"
+    c = openai.OpenAI(
+        base_url=url, api_key="unused", max_retries=0, default_headers={"X-Edgellm-Session": sid}
+    )
+    turns = []
+    for text in ("Name a fruit.", "And a vegetable?"):
+        turns.append(
+            c.chat.completions.create(
+                model="smollm2-135m", messages=[{"role": "user", "content": text}], max_tokens=16
+            )
+        )
+    # Only the new turn was sent; the node put the first exchange before it.
+    assert turns[1].usage.prompt_tokens > turns[0].usage.prompt_tokens + 5
+    with pytest.raises(openai.BadRequestError, match="X-Edgellm-Session"):
+        c.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"X-Edgellm-Session": "no/slash"},
+        )
+
+
+def test_a_wyoming_conversation_id_is_the_session():
+    from daemon.config import Config
+    from daemon.frontends.wyoming_events import session_of
+
+    cfg = Config()
+    assert session_of({"conversation_id": "01HS6SP2XD1E5HEHVDZE8R2WMR"}, cfg) == (
+        "01HS6SP2XD1E5HEHVDZE8R2WMR"
+    )
+    hashed = session_of({"conversation_id": "a/b c"}, cfg)
+    assert (
+        hashed is not None
+        and len(hashed) == 32
+        and hashed == session_of({"conversation_id": "a/b c"}, cfg)
+    )
+    assert session_of(None, cfg) is None and session_of({"conversation_id": 5}, cfg) is None
+    off = Config.model_validate({"sessions": {"enabled": False}})
+    assert session_of({"conversation_id": "x"}, off) is None
+
+
+@pytest.mark.model
+def test_a_wyoming_follow_up_has_the_turns_before_it(daemon: Daemon):
+    import asyncio
+
+    from wyoming.asr import Transcript
+    from wyoming.client import AsyncTcpClient
+
+    cid = uuid.uuid4().hex
+
+    async def say(text: str) -> None:
+        async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+            await client.write_event(Transcript(text, context={"conversation_id": cid}).event())
+            while True:
+                event = await asyncio.wait_for(client.read_event(), 120)
+                assert event is not None
+                if event.type in ("handled", "not-handled"):
+                    assert event.type == "handled", event
+                    return
+
+    asyncio.run(say("What is the capital of France?"))
+    asyncio.run(say("And of Spain?"))
+    logged = [e["session"] for e in daemon.log_events() if e.get("session", {}).get("id") == cid]
+    assert [s["messages"] for s in logged] == [2, 4]

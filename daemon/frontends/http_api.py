@@ -11,9 +11,11 @@ import hmac
 import ipaddress
 import os
 import queue
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import structlog
@@ -25,12 +27,15 @@ from daemon.frontends import http_openai as openai
 from daemon.frontends.http_common import STATUS, Exchange, HttpError, ModelCard
 from daemon.frontends.http_server import Handler, Server
 from daemon.intake import Intake
-from daemon.requests import Done, ErrorCode, Request, StreamMode
+from daemon.requests import SESSION_PATTERN, Done, ErrorCode, Request, StreamMode
 
 log = structlog.get_logger(__name__)
 
 # How often a waiting handler looks whether its client hung up (and cancels if so).
 POLL_S = 0.2
+# The request header naming a session (the node keeps its turns; docs/HTTP.md).
+SESSION_HEADER = "X-Edgellm-Session"
+_SESSION_RE = re.compile(SESSION_PATTERN)
 
 
 class Wire(Protocol):
@@ -204,6 +209,7 @@ class HttpFrontDoor:
         Headers wait for the first reply, so a refusal or a prompt over the context still gets
         its own status code; a client that hangs up is cancelled (Intake.cancel).
         """
+        req = self._with_session(h, req)
         exchange = Exchange()
         self._intake.take(req, exchange)
         streaming = req.stream is not StreamMode.OFF
@@ -227,6 +233,16 @@ class HttpFrontDoor:
             elif kind == "error":
                 self._fail(h, wire, value, started)
                 return
+
+    def _with_session(self, h: Handler, req: Request) -> Request:
+        """A conversation the node keeps (docs/HTTP.md, Sessions): the X-Edgellm-Session header
+        names it, and the request's messages are then only the new turns."""
+        sid = h.headers.get(SESSION_HEADER)
+        if sid is None:
+            return req
+        if not _SESSION_RE.fullmatch(sid):
+            raise HttpError(400, f"{SESSION_HEADER}: 1 to 64 of A-Z a-z 0-9 _ . : -")
+        return replace(req, session=sid)
 
     def _cancel(self, h: Handler, req: Request) -> bool:
         h.close_connection = True

@@ -14,7 +14,6 @@ import structlog
 from daemon.config import Config
 from daemon.frontends.mqtt import Transport
 from daemon.frontends.mqtt_messages import (
-    SESSION_PATTERN,
     Incoming,
     delta_payload,
     done_payload,
@@ -24,7 +23,7 @@ from daemon.frontends.mqtt_messages import (
 )
 from daemon.frontends.topics import Topics
 from daemon.intake import Intake, log_request
-from daemon.requests import Done, ErrorCode, Rejection, ReplyAddress, Request
+from daemon.requests import SESSION_PATTERN, Done, ErrorCode, Rejection, ReplyAddress, Request
 from daemon.safeguards.policy import reply_topic_allowed
 
 log = structlog.get_logger(__name__)

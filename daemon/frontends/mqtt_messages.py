@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from daemon.config import LimitsConfig
 from daemon.frontends.topics import Topics, is_publishable
 from daemon.requests import (
+    SESSION_PATTERN,
     ChatMessage,
     Done,
     ErrorCode,
@@ -27,8 +28,6 @@ from daemon.requests import (
 PROTOCOL_VERSION = 1
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 _ID_RE = re.compile(_ID_PATTERN)
-# A session id: also a topic level (.../session/<id>/reset), so no '/', '+' or '#'.
-SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 # The longest client name (the topic level after .../request/) accepted.
 MAX_CLIENT_CHARS = 128
 # The MQTT v5 user property counting how often nodes handed a fleet request back to the group.

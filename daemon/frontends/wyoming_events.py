@@ -7,7 +7,9 @@ Tested against the `wyoming` package 1.10.2, the floor in pyproject.toml.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -17,6 +19,7 @@ from wyoming.info import Attribution, HandleModel, HandleProgram, Info
 from daemon import __version__
 from daemon.config import Config
 from daemon.requests import (
+    SESSION_PATTERN,
     ErrorCode,
     Priority,
     Rejection,
@@ -30,6 +33,8 @@ PROGRAM = "edgellm"
 # The StreamReader's line limit (asyncio's default, 64 KiB) bounds the JSON header line; this
 # bounds the data and payload blocks a header announces, read before anything is parsed.
 MAX_BLOCK_BYTES = 1024 * 1024
+
+_SESSION_RE = re.compile(SESSION_PATTERN)
 
 
 class BadEvent(Exception):
@@ -158,4 +163,17 @@ def parse_transcript(event: Event, cfg: Config, client: str) -> Request | Reject
         deadline=received + cfg.limits.request_timeout_s,
         priority=Priority.INTERACTIVE,
         client=client,
+        session=session_of(context_of(event), cfg),
     )
+
+
+def session_of(context: dict[str, Any] | None, cfg: Config) -> str | None:
+    """The session of a transcript: Home Assistant's conversation_id from its context, so a
+    follow-up ("and tomorrow?") has the turns before it. An id that is not a valid session id
+    (too long, odd characters) is hashed into one; none, or sessions off: no session."""
+    cid = (context or {}).get("conversation_id")
+    if not isinstance(cid, str) or not cid or not cfg.sessions.enabled:
+        return None
+    if _SESSION_RE.fullmatch(cid):
+        return cid
+    return hashlib.sha256(cid.encode("utf-8", "replace")).hexdigest()[:32]
