@@ -277,10 +277,12 @@ class Generation:
             self._notes.update(structured.parsed(self.text))
         if self.req.stream is not StreamMode.OFF:
             self._notes["seq"] = self._seq
+        turns = None
         if self._fitted is not None and self._sessions is not None:
+            turns = history.record(self._sessions, self._fitted, self.text)
             self._notes["session"] = {
                 "id": self._fitted.key.id,
-                "messages": history.record(self._sessions, self._fitted, self.text),
+                "messages": len(turns),
                 "dropped": self._fitted.dropped,
                 "cached_tokens": n_prompt - fresh,
             }
@@ -291,6 +293,8 @@ class Generation:
         self.job.finish_done(
             Done(self.text, self._finish, Usage(n_prompt, self._n_out), timings, self._notes)
         )
+        if turns is not None:
+            history.prime(self._llm, self._prompter, self.req, turns)
         return Measured(timings.tokens_per_s, prefill, self._n_out)
 
     def _timings(self, started: float, end: float) -> Timings:

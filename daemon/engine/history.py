@@ -8,12 +8,17 @@ for each request (prompt.py). The exchange is recorded only when it ends in `don
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from daemon.engine import kvstates, llama_compat
 from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter, Refused
 from daemon.requests import ChatMessage, ErrorCode, Request
 from daemon.sessions.config import SessionsConfig
 from daemon.sessions.store import SessionKey, SessionStore, drop_oldest
+
+# The most tokens prime() evaluates after a reply (the worker is not free meanwhile).
+_PRIME_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,29 @@ def fit(req: Request, store: SessionStore, prompter: Prompter, n_ctx: int, max_n
     return Fitted(key, tokens, new, len(history), len(stored) - len(history))
 
 
-def record(store: SessionStore, fitted: Fitted, reply: str) -> int:
-    """Add the finished exchange to the session; the messages it now holds."""
-    return len(store.add(fitted.key, fitted.new, reply, fitted.dropped))
+def record(store: SessionStore, fitted: Fitted, reply: str) -> tuple[ChatMessage, ...]:
+    """Add the finished exchange to the session; the turns it now holds."""
+    return store.add(fitted.key, fitted.new, reply, fitted.dropped)
+
+
+def prime(llm: Any, prompter: Prompter, req: Request, turns: tuple[ChatMessage, ...]) -> int:
+    """After a session's turn (its reply sent): evaluate what its next prompt will surely start
+    with (the end of the reply's turn, the next user turn's header), so the follow-up pays only
+    for its own words. That part is found without knowing the template: the common prefix of
+    the prompts for two different next questions, less its last token (which may merge with the
+    question's first). Only a short tail: a longer one (turns dropped) waits for the follow-up.
+    The tokens evaluated."""
+    system, _ = new_turns(req)
+    a = prompter.encode(None, (*turns, ChatMessage("user", "a")), system)
+    b = prompter.encode(None, (*turns, ChatMessage("user", "b")), system)
+    stable = a[: kvstates.common_length(a, b) - 1]
+    keep = kvstates.common_length(llama_compat.cached_tokens(llm), stable)
+    tail = stable[keep:]
+    if not tail or len(tail) > _PRIME_MAX or len(stable) >= llm.n_ctx():
+        return 0
+    llm.n_tokens = keep  # eval() drops the cells after it (a reply tokenized another way)
+    llm.eval(tail)
+    return len(tail)
 
 
 class SessionMemory:
