@@ -22,12 +22,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon import config
+from daemon.config import LimitsConfig
 from daemon.engine.admission import backlog_seconds
 from daemon.frontends.mqtt import FLEET_HOPS, Transport
 from daemon.frontends.mqtt_door import MqttFrontDoor
-from daemon.frontends.mqtt_messages import Incoming, hops_of
+from daemon.frontends.mqtt_messages import Incoming, hops_of, parse_request
 from daemon.frontends.topics import Topics
 from daemon.reload import plan_reload
+from daemon.requests import Rejection
 from tests.helpers import Broker, Client, Daemon, poll
 
 TOPICS = Topics("edgellm", "kitchen", "house")
@@ -88,6 +90,15 @@ def test_a_fleet_request_without_a_reply_address_is_answered_in_the_group_tree()
     assert msg.default_reply(TOPICS, "q1") == "edgellm/fleet/house/response/alice/q1"
     own = Incoming(b"hi", client="alice")
     assert own.default_reply(TOPICS, "q1") == "edgellm/kitchen/response/alice/q1"
+
+
+def test_a_session_request_on_the_fleet_topic_is_refused_with_the_way_out():
+    body = b'{"id": "q1", "prompt": "and tomorrow?", "session": "s1"}'
+    got = parse_request(Incoming(body, client="alice", fleet_hops=0), TOPICS, LimitsConfig())
+    assert isinstance(got, Rejection) and got.code == "bad_request"
+    assert "own request topic" in got.message and got.reply is not None
+    own = parse_request(Incoming(body, client="alice"), TOPICS, LimitsConfig())
+    assert not isinstance(own, Rejection) and own.session == "s1"
 
 
 def test_hops_are_read_from_the_user_property():

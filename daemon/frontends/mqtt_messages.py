@@ -32,6 +32,10 @@ _ID_RE = re.compile(_ID_PATTERN)
 MAX_CLIENT_CHARS = 128
 # The MQTT v5 user property counting how often nodes handed a fleet request back to the group.
 FLEET_HOPS = "edgellm-hops"
+_FLEET_SESSION = (
+    "session: a session lives on one node; send its turns to that node's own request topic "
+    "(a fleet reply's `node` names it)"
+)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,10 @@ def parse_request(msg: Incoming, topics: Topics, limits: LimitsConfig) -> Reques
     body = _body(text, limits, reject)
     if isinstance(body, Rejection):
         return body
+    if body.session is not None and msg.fleet_hops is not None:
+        # Any member could take the next turn, and only one holds the history: say so rather
+        # than answer a follow-up without it.
+        return reject(ErrorCode.BAD_REQUEST, _FLEET_SESSION, body.id, body.reply_to)
     return _request(body, msg, topics, limits, v5_reply)
 
 
