@@ -343,3 +343,39 @@ def test_a_wyoming_follow_up_has_the_turns_before_it(daemon: Daemon):
     asyncio.run(say("And of Spain?"))
     logged = [e["session"] for e in daemon.log_events() if e.get("session", {}).get("id") == cid]
     assert [s["messages"] for s in logged] == [2, 4]
+
+
+def test_the_governor_loop_applies_the_kv_state_budget_each_tick():
+    from daemon.config import Config
+    from daemon.engine import ModelInfo
+    from daemon.engine.history import SessionMemory
+    from daemon.governor.loop import Steering
+    from daemon.governor.snapshot import Snapshot
+
+    class Engine:
+        threads, n_ctx, sweep, busy, queue_depth = 2, 2048, None, False, 0
+        memory = SessionMemory(None, KvStates(64 * MIB))
+
+        def rates(self) -> Any:
+            from daemon.engine.admission import Rates
+
+            return Rates(None, None)
+
+        def set_limits(self, threads: int | None = None, n_ctx: int | None = None) -> None:
+            pass
+
+    class Short:
+        available = 4096 * MIB
+
+        def read(self) -> Snapshot:
+            return Snapshot(t=0.0, mem_total=8192 * MIB, mem_available=self.available)
+
+    cfg = Config.model_validate({"governor": {"mem_margin_mb": 100}})
+    engine, sensors = Engine(), Short()
+    info = ModelInfo("m", "/m", 1, 2048, 8192, 2, 2, True, {})
+    steering = Steering(cfg, engine, info, sensors, lambda body: None)  # type: ignore[arg-type]
+    steering.tick()
+    assert engine.memory.kv.budget_bytes == 64 * MIB  # plenty of memory: the configured budget
+    sensors.available = 260 * MIB
+    steering.tick()
+    assert engine.memory.kv.budget_bytes == 30 * MIB  # half of (260 - 2 x 100)
