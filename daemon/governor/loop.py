@@ -63,6 +63,10 @@ def telemetry(
         "tokens_per_s": round(decode, 1) if (decode := engine.rates().decode) else None,
         "queue_depth": engine.queue_depth,
         "busy": engine.busy,
+        # Sessions: how many are kept, and the memory their saved KV states hold (bytes).
+        "sessions": len(engine.memory.store) if engine.memory.store is not None else 0,
+        "kv_states": engine.memory.kv.nbytes,
+        "kv_budget": engine.memory.kv.budget_bytes,
     }
     if snap is not None:
         body.update(
