@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.config import LimitsConfig
+from daemon.engine import gbnf, tools
 from daemon.frontends.topics import Topics, is_publishable
 from daemon.requests import (
     ChatMessage,
@@ -21,6 +22,7 @@ from daemon.requests import (
     ReplyAddress,
     Request,
     StreamMode,
+    ToolCall,
     new_id,
 )
 
@@ -58,10 +60,25 @@ class Incoming:
         return topics.response_for(self.client, rid)
 
 
+class _ToolCall(BaseModel):
+    """A call in an assistant message: the shape of done's tool_calls, so a client copies it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: str = Field("", max_length=128)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[_ToolCall] | None = Field(None, max_length=tools.MAX_TOOLS)
+    tool_call_id: str | None = Field(None, max_length=128)
+
+    def message(self) -> ChatMessage:
+        calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in self.tool_calls or ())
+        return ChatMessage(self.role, self.content, calls, self.tool_call_id)
 
 
 class _Body(BaseModel):
@@ -86,6 +103,9 @@ class _Body(BaseModel):
     delta_qos: Literal[0, 1, 2] | None = None
     json_schema: dict[str, Any] | None = None
     session: str | None = Field(None, pattern=SESSION_PATTERN)
+    grammar: str | None = Field(None, min_length=1, max_length=gbnf.MAX_CHARS)
+    tools: list[Any] | None = None
+    tool_choice: Literal["auto", "none", "required"] = "auto"
 
     @field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -217,9 +237,7 @@ def _request(
     return Request(
         id=rid,
         reply=reply,
-        messages=tuple(ChatMessage(m.role, m.content) for m in body.messages)
-        if body.messages
-        else None,
+        messages=tuple(m.message() for m in body.messages) if body.messages else None,
         prompt=body.prompt,
         system=body.system,
         max_tokens=body.max_tokens,
@@ -235,6 +253,9 @@ def _request(
         stream_interval_ms=body.stream_interval_ms,
         json_schema=body.json_schema,
         session=body.session,
+        grammar=body.grammar,
+        tools=tools.check_tools(body.tools) if body.tools else None,
+        tool_choice=body.tool_choice,
     )
 
 
@@ -263,10 +284,33 @@ def _check_limits(body: _Body, limits: LimitsConfig) -> str | None:
         return f"stop: {len(stop)} strings given; the limit is {limits.max_stop}"
     if any(not s for s in stop):
         return "stop: empty strings are not allowed"
-    texts = [body.prompt or "", body.system or "", *stop]
+    texts = [body.prompt or "", body.system or "", body.grammar or "", *stop]
     texts += [m.content for m in body.messages or ()]
     if any("\x00" in t for t in texts):
         return "NUL characters are not allowed in text"
+    return _check_structured(body)
+
+
+def _check_structured(body: _Body) -> str | None:
+    """json_schema, grammar and tools: at most one way to constrain the reply, tools well-formed,
+    tool calls only in assistant turns and tool_call_id only in tool turns."""
+    if body.json_schema is not None and body.grammar is not None:
+        return "send at most one of 'json_schema' and 'grammar'"
+    if body.tools:
+        try:
+            tools.check_tools(body.tools)
+        except tools.ToolError as err:
+            return str(err)
+    if body.tool_choice == "required":
+        if not body.tools:
+            return "tool_choice: 'required' needs tools"
+        if body.json_schema is not None or body.grammar is not None:
+            return "tool_choice: 'required' constrains the reply itself; drop json_schema/grammar"
+    for i, m in enumerate(body.messages or ()):
+        if m.tool_calls and m.role != "assistant":
+            return f"messages[{i}].tool_calls: only an assistant message makes tool calls"
+        if m.tool_call_id is not None and m.role != "tool":
+            return f"messages[{i}].tool_call_id: only a tool message answers a call"
     return None
 
 
