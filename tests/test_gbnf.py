@@ -90,7 +90,7 @@ def test_tool_call_grammars_pass_the_check():
         ]
     )
     for fmt in ("hermes", "mistral", "json"):
-        gbnf.check(structured._call_grammar(offered, fmt)._grammar)
+        gbnf.check(structured._call_gbnf(offered, fmt))
 
 
 def test_grammars_are_cached_and_bad_ones_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,6 +127,7 @@ class Prompter:
         """The policy's verdict on what the request brings (blocked terms, the classifier)."""
         texts = [req.prompt or "", req.system or ""]
         texts += [m.content for m in req.messages or ()]
+        texts += [json.dumps(t, ensure_ascii=False) for t in tools.offered(req) or ()]
         terms = TermFilter(self.policy.blocked_terms)
         if any(terms.find_in(t) for t in texts):
             return Refused(ErrorCode.POLICY, "the request contains a term this node refuses")
