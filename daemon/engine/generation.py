@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import GenerationConfig
-from daemon.engine import llama_compat, structured, tools
+from daemon.engine import llama_compat, structured
 from daemon.engine.prompt import Prompter, Refused
 from daemon.engine.textstream import SentenceChunker, StopMatcher
+from daemon.engine.tools import CallGate, call_dicts, find_calls, offered, offered_names
 from daemon.requests import Done, ErrorCode, Job, StreamMode, Timings, Usage
 from daemon.safeguards.policy import TermFilter
 
@@ -64,6 +65,8 @@ class Generation:
         self._stops = StopMatcher(self.req.stop)
         self._terms = TermFilter(prompter.policy.blocked_terms)
         self._chunker = SentenceChunker() if self.req.stream is StreamMode.SENTENCES else None
+        streams = self.req.stream is not StreamMode.OFF
+        self._gate = CallGate() if streams and offered(self.req) else None  # tools: hold a call
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._parts: list[str] = []
         self._notes: dict[str, Any] = {}
@@ -77,8 +80,6 @@ class Generation:
         self._first_at: float | None = None
         self._finish = "length"
         self._grammar: Any = None
-        streams = self.req.stream is not StreamMode.OFF
-        self._gate = tools.CallGate() if streams and tools.offered(self.req) else None
 
     def run(self) -> Measured | None:
         """Generate and answer; the speeds measured, or None when it ended without a reply."""
@@ -137,7 +138,7 @@ class Generation:
         """The prompt tokens, the request's tools given to the chat template; None (and
         answered) when refused."""
         try:
-            with self._prompter.offering(tools.offered(self.req)):
+            with self._prompter.offering(offered(self.req)):
                 return self._tokens()
         except Refused as rej:
             self.job.finish_error(rej.code, rej.message, NOTHING_YET)
@@ -296,12 +297,12 @@ class Generation:
 
     def _settle_calls(self) -> str:
         """The reply's text outside its tool calls; the calls go in the notes (tools.py)."""
-        if tools.offered(self.req) is None:
+        if offered(self.req) is None:
             return self.text
-        text, calls = tools.find_calls(self.text, tools.names(self.req))
+        text, calls = find_calls(self.text, offered_names(self.req))
         if calls:
             self._finish = "tool_calls"
-            self._notes["tool_calls"] = tools.call_dicts(calls)
+            self._notes["tool_calls"] = call_dicts(calls)
         if self._gate is not None:
             self._stream(self._gate.flush(was_call=bool(calls)))
         return text

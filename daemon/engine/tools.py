@@ -70,7 +70,7 @@ def offered(req: Request) -> tuple[dict[str, Any], ...] | None:
     return req.tools if req.tools and req.tool_choice != "none" else None
 
 
-def names(req: Request) -> set[str]:
+def offered_names(req: Request) -> set[str]:
     return {t["function"]["name"] for t in offered(req) or ()}
 
 
