@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.config import LimitsConfig
 from daemon.engine import gbnf, tools
+from daemon.frontends.mqtt_structured import ToolCallIn, check_structured
 from daemon.frontends.topics import Topics, is_publishable
 from daemon.requests import (
     ChatMessage,
@@ -60,20 +61,11 @@ class Incoming:
         return topics.response_for(self.client, rid)
 
 
-class _ToolCall(BaseModel):
-    """A call in an assistant message: the shape of done's tool_calls, so a client copies it."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    id: str = Field("", max_length=128)
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    arguments: dict[str, Any] = Field(default_factory=dict)
-
-
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "user", "assistant", "tool"]
     content: str
-    tool_calls: list[_ToolCall] | None = Field(None, max_length=tools.MAX_TOOLS)
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=tools.MAX_TOOLS)
     tool_call_id: str | None = Field(None, max_length=128)
 
     def message(self) -> ChatMessage:
@@ -288,30 +280,7 @@ def _check_limits(body: _Body, limits: LimitsConfig) -> str | None:
     texts += [m.content for m in body.messages or ()]
     if any("\x00" in t for t in texts):
         return "NUL characters are not allowed in text"
-    return _check_structured(body)
-
-
-def _check_structured(body: _Body) -> str | None:
-    """json_schema, grammar and tools: at most one way to constrain the reply, tools well-formed,
-    tool calls only in assistant turns and tool_call_id only in tool turns."""
-    if body.json_schema is not None and body.grammar is not None:
-        return "send at most one of 'json_schema' and 'grammar'"
-    if body.tools:
-        try:
-            tools.check_tools(body.tools)
-        except tools.ToolError as err:
-            return str(err)
-    if body.tool_choice == "required":
-        if not body.tools:
-            return "tool_choice: 'required' needs tools"
-        if body.json_schema is not None or body.grammar is not None:
-            return "tool_choice: 'required' constrains the reply itself; drop json_schema/grammar"
-    for i, m in enumerate(body.messages or ()):
-        if m.tool_calls and m.role != "assistant":
-            return f"messages[{i}].tool_calls: only an assistant message makes tool calls"
-        if m.tool_call_id is not None and m.role != "tool":
-            return f"messages[{i}].tool_call_id: only a tool message answers a call"
-    return None
+    return check_structured(body)
 
 
 def _encode(obj: dict[str, Any]) -> bytes:
