@@ -59,9 +59,21 @@ class ReplyAddress:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call of a tool the request offered: the model's choice of function and arguments."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    role: str
+    role: str  # system, user, assistant, or tool (a tool's result)
     content: str
+    # An assistant turn's tool calls; a tool turn's answer names the call it answers.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,12 @@ class Request:
     # A conversation the node remembers (daemon/sessions): its stored turns come before this
     # request's prompt or messages, and the reply is added to them. Scoped to `client`.
     session: str | None = None
+    # Structured output by a GBNF grammar of the client's own (checked in engine/gbnf.py).
+    grammar: str | None = None
+    # Tools the model may call: OpenAI-style function definitions (checked in engine/tools.py),
+    # given to a chat template that takes them; the calls come back in done's tool_calls.
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: str = "auto"  # "auto" | "none" (tools not offered) | "required" (a grammar)
 
 
 @dataclass(frozen=True)
@@ -129,7 +147,7 @@ class Timings:
 @dataclass(frozen=True)
 class Done:
     text: str
-    finish_reason: str  # "stop" (end of turn or a stop string) | "length"
+    finish_reason: str  # "stop" (end of turn or a stop string) | "length" | "tool_calls"
     usage: Usage
     timings: Timings
     notes: dict[str, Any] = field(default_factory=dict)

@@ -61,3 +61,16 @@ def client311(broker: Broker) -> Iterator[Client]:
     c = Client(broker, v5=False)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def tool_daemon(
+    broker: Broker, model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    """The default model with a Hermes-style chat template that renders `tools` (tests/data):
+    the tool path end to end on a model whose own template takes none."""
+    template = (Path(__file__).parent / "data" / "hermes-tools.jinja").read_text()
+    settings = {"model": {"chat_template": template}}
+    d = Daemon(broker, tmp_path_factory.mktemp("tools"), settings=settings).start()
+    yield d
+    d.stop()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from daemon.config import LimitsConfig
 from daemon.frontends.mqtt_messages import Incoming, parse_cancel, parse_request
 from daemon.frontends.topics import Topics
-from daemon.requests import ErrorCode, Rejection, ReplyAddress, Request, StreamMode
+from daemon.requests import ErrorCode, Rejection, ReplyAddress, Request, StreamMode, ToolCall
 
 TOPICS = Topics("edgellm", "node1")
 LIMITS = LimitsConfig()
@@ -167,6 +167,9 @@ def test_any_bytes_parse_without_raising(payload):
                 "stream",
                 "reply_to",
                 "system",
+                "grammar",
+                "tools",
+                "tool_choice",
                 "extra",
             ]
         ),
@@ -186,6 +189,30 @@ def test_any_json_object_parses_without_raising(body):
     assert isinstance(result, Request | Rejection)
     if isinstance(result, Rejection):
         assert result.message and result.reply is not None
+
+
+def test_tools_grammar_and_tool_messages_become_request_fields():
+    weather = {"type": "function", "function": {"name": "get_weather", "description": "d"}}
+    call = {"id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}}
+    req = parse(
+        {
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": "18 C", "tool_call_id": "c1"},
+            ],
+            "tools": [weather],
+            "tool_choice": "required",
+        }
+    )
+    assert isinstance(req, Request)
+    assert req.tool_choice == "required" and req.tools is not None
+    assert req.tools[0]["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert req.messages is not None
+    assert req.messages[1].tool_calls == (ToolCall("c1", "get_weather", {"city": "Paris"}),)
+    assert (req.messages[2].role, req.messages[2].tool_call_id) == ("tool", "c1")
+    req = parse({"prompt": "yes?", "grammar": 'root ::= "yes"', "tools": []})
+    assert isinstance(req, Request) and req.grammar == 'root ::= "yes"' and req.tools is None
 
 
 @pytest.mark.parametrize(

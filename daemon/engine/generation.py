@@ -12,6 +12,7 @@ from daemon.engine import history, llama_compat, structured
 from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter, Refused
 from daemon.engine.textstream import SentenceChunker, StopMatcher
+from daemon.engine.tools import CallGate, call_dicts, find_calls, offered, offered_names
 from daemon.requests import Done, ErrorCode, Job, StreamMode, Timings, Usage
 from daemon.safeguards.policy import TermFilter
 
@@ -66,6 +67,8 @@ class Generation:
         self._stops = StopMatcher(self.req.stop)
         self._terms = TermFilter(prompter.policy.blocked_terms)
         self._chunker = SentenceChunker() if self.req.stream is StreamMode.SENTENCES else None
+        streams = self.req.stream is not StreamMode.OFF
+        self._gate = CallGate() if streams and offered(self.req) else None  # tools: hold a call
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._parts: list[str] = []
         self._notes: dict[str, Any] = {}
@@ -89,7 +92,7 @@ class Generation:
         self.job.started_at = started
         if not self._still_wanted(started):
             return None
-        tokens = self._tokens()
+        tokens = self._prompt()
         if tokens is None or not self._compile_schema():
             return None
         max_new = self._room(len(tokens))
@@ -143,12 +146,22 @@ class Generation:
             self.job.finish_error(rej.code, rej.message)
             return None
 
-    def _compile_schema(self) -> bool:
-        """The request's JSON schema as a grammar; False (and answered) when it cannot be one."""
-        if self.req.json_schema is None:
-            return True
+    def _prompt(self) -> list[int] | None:
+        """The prompt tokens, the request's tools given to the chat template; None (and
+        answered) when refused."""
         try:
-            self._grammar = self._prompter.grammars.for_schema(self.req.json_schema)
+            with self._prompter.offering(offered(self.req)):
+                return self._tokens()
+        except Refused as rej:
+            self.job.finish_error(rej.code, rej.message, NOTHING_YET)
+            return None
+
+    def _compile_schema(self) -> bool:
+        """The request's grammar (json_schema, grammar, or a required tool call); False (and
+        answered) when it cannot be one."""
+        try:
+            prompter = self._prompter
+            self._grammar = prompter.grammars.for_request(self.req, prompter.call_format)
         except structured.SchemaError as err:
             self.job.finish_error(err.code, str(err), NOTHING_YET)
             return False
@@ -185,6 +198,13 @@ class Generation:
         if not text:
             return
         self._parts.append(text)
+        if self._gate is not None:
+            text = self._gate.feed(text)  # a reply that may be a tool call waits
+        self._stream(text)
+
+    def _stream(self, text: str) -> None:
+        if not text:
+            return
         if self.req.stream is StreamMode.TOKENS:
             # Coalesced: a listener gets at most one delta per interval, not one per token.
             self._held_delta += text
@@ -268,6 +288,7 @@ class Generation:
             usage = {"prompt_tokens": n_prompt, "completion_tokens": self._n_out}
             self.job.finish_error(ErrorCode.POLICY, verdict, {"usage": usage, "text": ""})
             return None
+        text = self._settle_calls()
         self._send_held()
         if self._chunker is not None:
             for sentence in self._chunker.flush():
@@ -291,11 +312,23 @@ class Generation:
         if first_at is not None and fresh >= 16 and first_at > gen_at:
             prefill = fresh / (first_at - gen_at)
         self.job.finish_done(
-            Done(self.text, self._finish, Usage(n_prompt, self._n_out), timings, self._notes)
+            Done(text, self._finish, Usage(n_prompt, self._n_out), timings, self._notes)
         )
         if turns is not None:
             history.prime(self._llm, self._prompter, self.req, turns)
         return Measured(timings.tokens_per_s, prefill, self._n_out)
+
+    def _settle_calls(self) -> str:
+        """The reply's text outside its tool calls; the calls go in the notes (tools.py)."""
+        if offered(self.req) is None:
+            return self.text
+        text, calls = find_calls(self.text, offered_names(self.req))
+        if calls:
+            self._finish = "tool_calls"
+            self._notes["tool_calls"] = call_dicts(calls)
+        if self._gate is not None:
+            self._stream(self._gate.flush(was_call=bool(calls)))
+        return text
 
     def _timings(self, started: float, end: float) -> Timings:
         received = self.req.received_at

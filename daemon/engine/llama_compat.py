@@ -112,6 +112,19 @@ def vocab(llm: Any) -> Any:
     return llm._model.vocab
 
 
+def grammar_compiles(llm: Any, gbnf: str) -> bool:
+    """Whether llama.cpp's parser takes a GBNF grammar. LlamaGrammar.from_string does not parse
+    (0.3.36 keeps the text); a grammar that fails at sampling leaves a NULL sampler in the chain
+    and generate() segfaults. So the sampler is made once here, and freed. Tested: 0.3.36."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab(llm), gbnf.encode("utf-8"), b"root")
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
+
+
 def native_limits(llm: Any) -> tuple[int, int]:
     """(threads, n_ctx) as llama.cpp itself reports them. Tested: 0.3.36."""
     import llama_cpp

@@ -8,7 +8,7 @@ from typing import Any
 
 from daemon import cpus
 from daemon.config import ModelConfig
-from daemon.engine import llama_compat
+from daemon.engine import llama_compat, tools
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class ModelInfo:
     n_threads_batch: int
     chat: bool
     metadata: dict[str, str]
+    tools: bool = False  # the chat template renders tool definitions
 
 
 def load(
@@ -58,5 +59,6 @@ def load(
         n_threads_batch=threads_batch,
         chat=template is not None,
         metadata=dict(llm.metadata),
+        tools=tools.template_takes_tools(template),
     )
     return llm, info, template

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
 from typing import Any
 
 from daemon.config import GenerationConfig, PolicyConfig
-from daemon.engine import llama_compat
+from daemon.engine import llama_compat, tools
 from daemon.engine.structured import Grammars
 from daemon.requests import ChatMessage, ErrorCode, Request
 from daemon.safeguards.policy import Classifier, TermFilter, compose_system
@@ -34,7 +37,11 @@ class Prompter:
     ):
         from llama_cpp import llama_chat_format
 
-        self.grammars = Grammars()  # structured output: compiled JSON-schema grammars
+        self.grammars = Grammars(llm)  # structured output: compiled grammars
+        # Tools: whether the template renders tool definitions, and the call shape it teaches.
+        self.takes_tools = tools.template_takes_tools(template)
+        self.call_format = tools.call_format(template)
+        self._tools: tuple[dict[str, Any], ...] | None = None
 
         self._llm = llm
         self._name = model_name
@@ -55,6 +62,22 @@ class Prompter:
     def chat(self) -> bool:
         """Whether the model has a chat template (else only plain completion)."""
         return self._chat_format is not None
+
+    @contextlib.contextmanager
+    def offering(self, offered: tuple[dict[str, Any], ...] | None) -> Iterator[None]:
+        """Give the chat template these tool definitions while one request's prompt is encoded
+        (every encode inside, however it is assembled). Refused when the template takes none."""
+        if offered and not self.takes_tools:
+            raise Refused(
+                ErrorCode.BAD_REQUEST,
+                f"model {self._name}'s chat template does not take tools: use a tool-capable"
+                " model (docs/MODELS.md) or a model.chat_template that renders `tools`",
+            )
+        self._tools = offered
+        try:
+            yield
+        finally:
+            self._tools = None
 
     def encode(
         self, prompt: str | None, messages: tuple[ChatMessage, ...] | None, system: str | None
@@ -82,16 +105,16 @@ class Prompter:
     def _encode_chat(
         self, prompt: str | None, messages: tuple[ChatMessage, ...] | None, system: str | None
     ) -> list[int]:
-        chat: list[dict[str, str]] = []
+        chat: list[dict[str, Any]] = []
         if system:
             chat.append({"role": "system", "content": system})
         if messages is not None:
-            chat.extend({"role": m.role, "content": m.content} for m in messages)
+            chat.extend(tools.template_message(m, self.takes_tools) for m in messages)
         else:
             assert prompt is not None
             chat.append({"role": "user", "content": prompt})
         try:
-            text = self._chat_format(messages=chat).prompt
+            text = self._chat_format(messages=chat, tools=self._tools).prompt
         except Exception as err:  # the template's own raise_exception, e.g. role order
             raise Refused(
                 ErrorCode.BAD_REQUEST, f"chat template refused the messages: {err}"
@@ -104,6 +127,7 @@ class Prompter:
         """The policy's verdict on what the request brings (blocked terms, the classifier)."""
         texts = [req.prompt or "", req.system or ""]
         texts += [m.content for m in req.messages or ()]
+        texts += [json.dumps(t, ensure_ascii=False) for t in tools.offered(req) or ()]
         terms = TermFilter(self.policy.blocked_terms)
         if any(terms.find_in(t) for t in texts):
             return Refused(ErrorCode.POLICY, "the request contains a term this node refuses")

@@ -1,4 +1,5 @@
-"""Structured output: a request's JSON schema as a llama.cpp grammar, and the reply parsed back.
+"""Structured output: a request's JSON schema, GBNF grammar or required tool call as a
+llama.cpp grammar, and the JSON reply parsed back.
 
 llama-cpp-python turns a JSON schema into GBNF (LlamaGrammar.from_json_schema); the grammar
 sampler then lets only tokens that keep the text inside the schema through, so even a 135M model
@@ -9,10 +10,13 @@ answers `{"action": "on", "device": "kitchen light"}` and never prose. Compiled 
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
-from daemon.requests import ErrorCode
+from daemon.engine import gbnf, llama_compat, tools
+from daemon.requests import ErrorCode, Request
 
 _CACHE_SIZE = 16
 
@@ -24,21 +28,68 @@ class SchemaError(ValueError):
 
 
 class Grammars:
-    """Compiles schemas to grammars, most recent kept (the worker thread is the only user)."""
+    """Compiles schemas and GBNF to grammars, most recent kept (the worker thread is the only
+    user). Every grammar passes gbnf.check and, with the model (llm), llama.cpp's own parser
+    before it is used: llama.cpp crashes on one that fails either (gbnf.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, llm: Any = None) -> None:
+        self._llm = llm
         self._cache: OrderedDict[str, Any] = OrderedDict()
 
     def for_schema(self, schema: dict[str, Any]) -> Any:
         key = json.dumps(schema, sort_keys=True)
+        return self._cached(key, lambda: self._checked(_schema_gbnf(key), "json_schema"))
+
+    def for_gbnf(self, text: str) -> Any:
+        """A client's GBNF grammar; SchemaError when it is not one this node runs (gbnf.py)."""
+        return self._cached(f"gbnf:{text}", lambda: self._checked(text, None))
+
+    def for_request(self, req: Request, call_format: str) -> Any:
+        """The grammar a request's reply must follow, or None: its json_schema, its grammar, or
+        with tool_choice "required" a call to one of its tools in the template's format."""
+        if req.json_schema is not None:
+            return self.for_schema(req.json_schema)
+        if req.grammar is not None:
+            return self.for_gbnf(req.grammar)
+        offered = tools.offered(req)
+        if offered is not None and req.tool_choice == "required":
+            return self._cached(
+                f"call:{call_format}:{json.dumps(offered, sort_keys=True)}",
+                lambda: self._checked(_call_gbnf(offered, call_format), "tools"),
+            )
+        return None
+
+    def _cached(self, key: str, compile_: Callable[[], Any]) -> Any:
         grammar = self._cache.get(key)
         if grammar is None:
-            grammar = _compile(key)
+            grammar = compile_()
             self._cache[key] = grammar
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
         return grammar
+
+    def _checked(self, text: str, made_from: str | None) -> Any:
+        """The grammar, or SchemaError naming the field it came from (None: a client's own)."""
+        from llama_cpp import LlamaGrammar
+
+        why = None
+        try:
+            gbnf.check(text)
+        except gbnf.GrammarError as err:
+            why = str(err)
+        if (
+            why is None
+            and self._llm is not None
+            and not llama_compat.grammar_compiles(self._llm, text)
+        ):
+            why = (
+                "grammar: llama.cpp's parser refused it (a left-recursive rule such as"
+                ' x ::= x "a" is the usual cause)'
+            )
+        if why is not None:
+            raise SchemaError(why if made_from is None else f"{made_from}: cannot be used ({why})")
+        return LlamaGrammar.from_string(text, verbose=False)
 
 
 # llama-cpp-python's converter lets a JSON string hold raw control characters (a newline, say),
@@ -48,15 +99,29 @@ _LOOSE_CHAR = r'char ::= [^"\\]'
 _JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
 
 
-def _compile(schema_json: str) -> Any:
-    from llama_cpp import LlamaGrammar
+def _schema_gbnf(schema_json: str, made_from: str = "json_schema") -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        gbnf = json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _JSON_CHAR)
-        return LlamaGrammar.from_string(gbnf, verbose=False)
+        return json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _JSON_CHAR)
     except Exception as err:  # the converter raises several kinds for a schema it cannot take
-        raise SchemaError(f"json_schema: cannot be used as a grammar ({err})") from err
+        raise SchemaError(f"{made_from}: cannot be used as a grammar ({err})") from err
+
+
+# Where each call format puts the call's JSON (tools.call_format); the schema's own root rule
+# is renamed edgellm-call.
+_CALL_ROOT = {
+    "hermes": 'root ::= "<tool_call>\\n" edgellm-call "\\n</tool_call>"',
+    "mistral": 'root ::= "[TOOL_CALLS][" edgellm-call "]"',
+    "json": "root ::= edgellm-call",
+}
+_ROOT_RULE = re.compile(r"^root ::=", re.M)
+
+
+def _call_gbnf(offered: tuple[dict[str, Any], ...], call_format: str) -> str:
+    """A grammar for one call to one of the tools, in the template's format."""
+    body = _schema_gbnf(json.dumps(tools.call_schema(offered, call_format)), "tools")
+    return f"{_CALL_ROOT[call_format]}\n{_ROOT_RULE.sub('edgellm-call ::=', body)}"
 
 
 def parsed(text: str) -> dict[str, Any]:

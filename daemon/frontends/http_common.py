@@ -22,6 +22,7 @@ from daemon.requests import (
     ReplyAddress,
     Request,
     StreamMode,
+    ToolCall,
     new_id,
 )
 
@@ -38,7 +39,7 @@ STATUS = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.POLICY: 403,
 }
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 
 
 class HttpError(Exception):
@@ -152,7 +153,9 @@ def check_model(card: ModelCard, model: Any) -> None:
 
 
 def messages_of(raw: Any, cfg: Config) -> tuple[ChatMessage, ...]:
-    """Chat messages from either API: role and text; images refused, tool results as user."""
+    """Chat messages from either API: role, text, an assistant's tool calls, a tool result's
+    call id; images refused. A model whose template takes no tools reads a tool result as a
+    user turn (engine/tools.py)."""
     if not isinstance(raw, list) or not raw:
         raise HttpError(400, "messages: a non-empty list is required")
     if len(raw) > cfg.limits.max_messages:
@@ -162,14 +165,43 @@ def messages_of(raw: Any, cfg: Config) -> tuple[ChatMessage, ...]:
         if not isinstance(m, dict):
             raise HttpError(400, f"messages[{i}]: an object with role and content is required")
         role = m.get("role")
-        if role == "tool":
-            role = "user"  # tools are not run here; a tool result is context like any other
         if role not in ROLES:
             raise HttpError(400, f"messages[{i}].role: one of system, user, assistant, tool")
         if m.get("images"):
             raise HttpError(400, f"messages[{i}].images: this model reads text only")
-        out.append(ChatMessage(role, _text(m.get("content"), f"messages[{i}].content")))
+        text = _text(m.get("content"), f"messages[{i}].content")
+        calls = _calls(m.get("tool_calls"), f"messages[{i}].tool_calls")
+        call_id = m.get("tool_call_id")
+        call_id = call_id if role == "tool" and isinstance(call_id, str) else None
+        out.append(ChatMessage(role, text, calls if role == "assistant" else (), call_id))
     return tuple(out)
+
+
+def _calls(raw: Any, where: str) -> tuple[ToolCall, ...]:
+    """An assistant's tool calls in either API's shape: {"function": {"name", "arguments"}},
+    the arguments an object (ollama) or a JSON string (OpenAI), with an "id" (OpenAI)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > 64:
+        raise HttpError(400, f"{where}: a list of calls is required")
+    calls = []
+    for j, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(name := fn.get("name"), str):
+            raise HttpError(
+                400, f'{where}[{j}]: {{"function": {{"name", "arguments"}}}} is required'
+            )
+        args = fn.get("arguments") or {}
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                args = None
+        if not isinstance(args, dict):
+            raise HttpError(400, f"{where}[{j}].function.arguments: a JSON object is required")
+        cid = call.get("id")
+        calls.append(ToolCall(cid if isinstance(cid, str) else "", name, args))
+    return tuple(calls)
 
 
 def _text(content: Any, where: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.config import Config
+from daemon.frontends import http_structured as structured
 from daemon.frontends.http_common import (
     HttpError,
     ModelCard,
@@ -83,7 +84,7 @@ def show(card: ModelCard, body: dict[str, Any], cfg: Config, n_ctx: int) -> dict
         "template": meta.get("tokenizer.chat_template", ""),
         "details": card.details(),
         "model_info": model_info,
-        "capabilities": ["completion"],
+        "capabilities": ["completion", "tools"] if card.info.tools else ["completion"],
         "modified_at": card.modified_at,
     }
 
@@ -109,9 +110,6 @@ def _sampling(body: dict[str, Any], cfg: Config) -> Sampling:
     # num_ctx is accepted: the context is the largest the governor allows now, whatever it asks,
     # and a prompt that does not fit gets a 400, never a silently truncated prompt.
     integer(options.get("num_ctx"), "options.num_ctx", 1, 1 << 30)
-    fmt = body.get("format")
-    if fmt not in (None, ""):
-        raise HttpError(400, "format (structured JSON output) is not supported yet")
     return Sampling(
         max_tokens=predict if predict is not None and predict > 0 else None,
         temperature=number(options.get("temperature"), "options.temperature", 0.0, 5.0),
@@ -136,7 +134,9 @@ def chat_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str
     sampling = _sampling(body, cfg)
     if sampling.seed is not None and sampling.seed < 0:
         sampling.seed = None  # ollama's -1: a random seed
-    return make_request(client, sampling, _stream(body), messages=messages, cfg=cfg)
+    req = make_request(client, sampling, _stream(body), messages=messages, cfg=cfg)
+    schema = structured.ollama_format(body.get("format"))
+    return structured.structured(req, schema, structured.tools_of(body.get("tools")))
 
 
 def generate_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str) -> Request:
@@ -151,9 +151,10 @@ def generate_request(body: dict[str, Any], card: ModelCard, cfg: Config, client:
     sampling = _sampling(body, cfg)
     if sampling.seed is not None and sampling.seed < 0:
         sampling.seed = None
-    return make_request(
+    req = make_request(
         client, sampling, _stream(body), prompt=prompt, system=system or None, cfg=cfg
     )
+    return structured.structured(req, structured.ollama_format(body.get("format")))
 
 
 class OllamaWire:
@@ -165,10 +166,12 @@ class OllamaWire:
         self._model = model
         self._chat = chat
 
-    def _line(self, text: str, done: bool) -> dict[str, Any]:
+    def _line(self, text: str, done: bool, calls: list[Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self._model, "created_at": iso_now()}
         if self._chat:
             body["message"] = {"role": "assistant", "content": text}
+            if calls:
+                body["message"]["tool_calls"] = calls
         else:
             body["response"] = text
         body["done"] = done
@@ -178,16 +181,18 @@ class OllamaWire:
         return encode(self._line(text, False)) + b"\n"
 
     def final(self, done: Done) -> bytes:
-        return encode(self._summary(self._line("", True), done)) + b"\n"
+        line = self._line("", True, structured.ollama_calls(done))
+        return encode(self._summary(line, done)) + b"\n"
 
     def body(self, done: Done) -> dict[str, Any]:
-        return self._summary(self._line(done.text, True), done)
+        return self._summary(self._line(done.text, True, structured.ollama_calls(done)), done)
 
     def _summary(self, body: dict[str, Any], done: Done) -> dict[str, Any]:
         t = done.timings
         prefill_ms = max(0.0, t.ttft_ms - t.queue_ms)
         body.update(
-            done_reason=done.finish_reason,
+            # ollama says "stop" after tool calls too; the calls are in message.tool_calls.
+            done_reason="stop" if done.finish_reason == "tool_calls" else done.finish_reason,
             total_duration=int(t.total_ms * 1e6),
             load_duration=int(t.queue_ms * 1e6),
             prompt_eval_count=done.usage.prompt_tokens,

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from daemon.config import Config
+from daemon.frontends import http_structured as structured
 from daemon.frontends.http_common import (
     HttpError,
     ModelCard,
@@ -54,9 +55,10 @@ def chat_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str
     messages = messages_of(body.get("messages"), cfg)
     n = integer(body.get("n"), "n", 1, 1)
     del n  # one choice only
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise HttpError(400, "response_format: structured output is not supported yet")
+    schema = structured.openai_format(body.get("response_format"))
+    offered, choice = structured.openai_choice(
+        body.get("tool_choice"), structured.tools_of(body.get("tools"))
+    )
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     sampling = Sampling(
         max_tokens=integer(limit, "max_tokens", 1, 1 << 30),
@@ -68,7 +70,8 @@ def chat_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise HttpError(400, "stream: true or false")
-    return make_request(client, sampling, stream, messages=messages, cfg=cfg)
+    req = make_request(client, sampling, stream, messages=messages, cfg=cfg)
+    return structured.structured(req, schema, offered, choice)
 
 
 def include_usage(body: dict[str, Any]) -> bool:
@@ -83,6 +86,13 @@ def _usage(done: Done) -> dict[str, int]:
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
     }
+
+
+def _message(done: Done) -> dict[str, Any]:
+    calls = structured.openai_calls(done)
+    if not calls:
+        return {"role": "assistant", "content": done.text}
+    return {"role": "assistant", "content": done.text or None, "tool_calls": calls}
 
 
 class OpenAIWire:
@@ -111,14 +121,20 @@ class OpenAIWire:
         return b"data: " + encode(obj) + b"\n\n"
 
     def delta(self, text: str) -> bytes:
-        delta: dict[str, Any] = {"content": text}
+        return self._event(self._chunk(self._role({"content": text}), None))
+
+    def _role(self, delta: dict[str, Any]) -> dict[str, Any]:
         if self._first:
             delta["role"] = "assistant"  # the first chunk names the role, as OpenAI's does
             self._first = False
-        return self._event(self._chunk(delta, None))
+        return delta
 
     def final(self, done: Done) -> bytes:
-        out = self._event(self._chunk({}, done.finish_reason))
+        out = b""
+        calls = structured.openai_calls(done, index=True)
+        if calls:  # the calls in one delta at the end, as a whole
+            out += self._event(self._chunk(self._role({"tool_calls": calls}), None))
+        out += self._event(self._chunk({}, done.finish_reason))
         if self._usage:
             last = {**self._chunk({}, None), "choices": [], "usage": _usage(done)}
             out += self._event(last)
@@ -133,7 +149,7 @@ class OpenAIWire:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": done.text},
+                    "message": _message(done),
                     "finish_reason": done.finish_reason,
                 }
             ],

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.config import LimitsConfig
+from daemon.engine import gbnf, tools
+from daemon.frontends.mqtt_structured import ToolCallIn, check_structured
 from daemon.frontends.topics import Topics, is_publishable
 from daemon.requests import (
     SESSION_PATTERN,
@@ -22,6 +24,7 @@ from daemon.requests import (
     ReplyAddress,
     Request,
     StreamMode,
+    ToolCall,
     new_id,
 )
 
@@ -63,8 +66,14 @@ class Incoming:
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=tools.MAX_TOOLS)
+    tool_call_id: str | None = Field(None, max_length=128)
+
+    def message(self) -> ChatMessage:
+        calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in self.tool_calls or ())
+        return ChatMessage(self.role, self.content, calls, self.tool_call_id)
 
 
 class _Body(BaseModel):
@@ -89,6 +98,9 @@ class _Body(BaseModel):
     delta_qos: Literal[0, 1, 2] | None = None
     json_schema: dict[str, Any] | None = None
     session: str | None = Field(None, pattern=SESSION_PATTERN)
+    grammar: str | None = Field(None, min_length=1, max_length=gbnf.MAX_CHARS)
+    tools: list[Any] | None = None
+    tool_choice: Literal["auto", "none", "required"] = "auto"
 
     @field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -224,9 +236,7 @@ def _request(
     return Request(
         id=rid,
         reply=reply,
-        messages=tuple(ChatMessage(m.role, m.content) for m in body.messages)
-        if body.messages
-        else None,
+        messages=tuple(m.message() for m in body.messages) if body.messages else None,
         prompt=body.prompt,
         system=body.system,
         max_tokens=body.max_tokens,
@@ -242,6 +252,9 @@ def _request(
         stream_interval_ms=body.stream_interval_ms,
         json_schema=body.json_schema,
         session=body.session,
+        grammar=body.grammar,
+        tools=tools.check_tools(body.tools) if body.tools else None,
+        tool_choice=body.tool_choice,
     )
 
 
@@ -270,11 +283,11 @@ def _check_limits(body: _Body, limits: LimitsConfig) -> str | None:
         return f"stop: {len(stop)} strings given; the limit is {limits.max_stop}"
     if any(not s for s in stop):
         return "stop: empty strings are not allowed"
-    texts = [body.prompt or "", body.system or "", *stop]
+    texts = [body.prompt or "", body.system or "", body.grammar or "", *stop]
     texts += [m.content for m in body.messages or ()]
     if any("\x00" in t for t in texts):
         return "NUL characters are not allowed in text"
-    return None
+    return check_structured(body)
 
 
 def _encode(obj: dict[str, Any]) -> bytes:
