@@ -183,3 +183,18 @@ def test_a_conversation_with_calls_and_results(client: Client, tool_daemon: Daem
     with_result = done(client, tool_daemon, body)
     without = done(client, tool_daemon, {**body, "messages": messages[:1]})
     assert with_result["usage"]["prompt_tokens"] > without["usage"]["prompt_tokens"] + 20
+
+
+def test_a_session_keeps_the_call_and_its_result(client: Client, tool_daemon: Daemon):
+    """A voice assistant's tool round trip in a session: the call is kept as the assistant's
+    turn, so the result sent next (only the new turn) answers a call the prompt still shows."""
+    sid = uuid.uuid4().hex[:8]
+    body = {"prompt": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 60}
+    first = done(client, tool_daemon, {**body, "session": sid})
+    [call] = first["tool_calls"]
+    result = {"role": "tool", "content": '{"temperature": 18}', "tool_call_id": call["id"]}
+    body = {"messages": [result], "tools": [WEATHER], "session": sid, "max_tokens": 24}
+    second = done(client, tool_daemon, body)
+    assert second["session"]["messages"] == 4  # the question, the call, the result, the answer
+    # The call was rendered into the history: its arguments are in the prompt's tokens.
+    assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"] + 10

@@ -18,7 +18,7 @@ from daemon.engine import history, llama_compat
 from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter
 from daemon.governor.policy import MIB, kv_state_budget
-from daemon.requests import ChatMessage, ReplyAddress, Request, StreamMode
+from daemon.requests import ChatMessage, ReplyAddress, Request, StreamMode, ToolCall
 from daemon.sessions.config import SessionsConfig
 from daemon.sessions.persist import SqliteSessions
 from daemon.sessions.store import SessionKey, SessionStore, drop_oldest
@@ -89,11 +89,15 @@ def test_sqlite_keeps_sessions_across_a_restart_in_a_private_file(tmp_path: Path
     clock = Clock()
     store = SessionStore(SessionsConfig(), SqliteSessions(path), clock)
     store.add(KEY, msgs((U, "hi")), "hello")
+    call = ToolCall("c1", "light", {"room": "kitchen"})
+    store.add(KEY, msgs((U, "light?")), ChatMessage("assistant", "", (call,)))
+    store.add(KEY, (ChatMessage("tool", "done", tool_call_id="c1"),), "It is on.")
     store.add(SessionKey("", "gone"), msgs((U, "x")), "y")
     store.reset(SessionKey("", "gone"))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # conversations are nobody else's
     again = SessionStore(SessionsConfig(), SqliteSessions(path), clock)
-    assert again.turns(KEY) == msgs((U, "hi"), (A, "hello"))
+    assert again.turns(KEY) == store.turns(KEY)  # tool calls and their results too
+    assert again.turns(KEY)[3].tool_calls == (call,) and again.turns(KEY)[4].tool_call_id == "c1"
     assert len(again) == 1
     # Expiry holds across the restart: the clock is the wall clock, not the process's.
     clock.now += 2 * 3600

@@ -13,7 +13,7 @@ from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter, Refused
 from daemon.engine.textstream import SentenceChunker, StopMatcher
 from daemon.engine.tools import CallGate, call_dicts, find_calls, offered, offered_names
-from daemon.requests import Done, ErrorCode, Job, StreamMode, Timings, Usage
+from daemon.requests import ChatMessage, Done, ErrorCode, Job, StreamMode, Timings, ToolCall, Usage
 from daemon.safeguards.policy import TermFilter
 
 # llama.cpp reads this seed as "pick a random one".
@@ -85,6 +85,7 @@ class Generation:
         memory = memory or history.SessionMemory(None, KvStates(0))
         self._kv, self._sessions = memory.kv, memory.store
         self._fitted: history.Fitted | None = None
+        self._calls: tuple[ToolCall, ...] = ()  # the reply's tool calls (recorded in a session)
 
     def run(self) -> Measured | None:
         """Generate and answer; the speeds measured, or None when it ended without a reply."""
@@ -300,7 +301,8 @@ class Generation:
             self._notes["seq"] = self._seq
         turns = None
         if self._fitted is not None and self._sessions is not None:
-            turns = history.record(self._sessions, self._fitted, self.text)
+            reply = ChatMessage("assistant", text, tool_calls=self._calls)
+            turns = history.record(self._sessions, self._fitted, reply)
             self._notes["session"] = {
                 "id": self._fitted.key.id,
                 "messages": len(turns),
@@ -323,6 +325,7 @@ class Generation:
         if offered(self.req) is None:
             return self.text
         text, calls = find_calls(self.text, offered_names(self.req))
+        self._calls = tuple(calls)
         if calls:
             self._finish = "tool_calls"
             self._notes["tool_calls"] = call_dicts(calls)

@@ -68,7 +68,7 @@ def fit(req: Request, store: SessionStore, prompter: Prompter, n_ctx: int, max_n
     return Fitted(key, tokens, new, len(history), len(stored) - len(history))
 
 
-def record(store: SessionStore, fitted: Fitted, reply: str) -> tuple[ChatMessage, ...]:
+def record(store: SessionStore, fitted: Fitted, reply: ChatMessage) -> tuple[ChatMessage, ...]:
     """Add the finished exchange to the session; the turns it now holds."""
     return store.add(fitted.key, fitted.new, reply, fitted.dropped)
 

@@ -12,8 +12,9 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from daemon.requests import ChatMessage
+from daemon.requests import ChatMessage, ToolCall
 from daemon.sessions.store import Session, SessionKey
 
 _SCHEMA = """
@@ -48,14 +49,14 @@ class SqliteSessions:
         out = {}
         for client, sid, turns, used_at in rows:
             try:
-                messages = tuple(ChatMessage(t["role"], t["content"]) for t in json.loads(turns))
+                messages = tuple(_message(t) for t in json.loads(turns))
             except (ValueError, KeyError, TypeError):
                 continue  # a row this version cannot read is skipped, not fatal
             out[SessionKey(client, sid)] = Session(messages, float(used_at))
         return out
 
     def put(self, key: SessionKey, session: Session) -> None:
-        turns = json.dumps([{"role": t.role, "content": t.content} for t in session.turns])
+        turns = json.dumps([_row(t) for t in session.turns])
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO sessions (client, id, turns, used_at) VALUES (?, ?, ?, ?)",
@@ -71,3 +72,17 @@ class SqliteSessions:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _row(m: ChatMessage) -> dict[str, Any]:
+    row: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        row["tool_calls"] = [[c.id, c.name, c.arguments] for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        row["tool_call_id"] = m.tool_call_id
+    return row
+
+
+def _message(row: dict[str, Any]) -> ChatMessage:
+    calls = tuple(ToolCall(i, n, dict(a)) for i, n, a in row.get("tool_calls", ()))
+    return ChatMessage(row["role"], row["content"], calls, row.get("tool_call_id"))

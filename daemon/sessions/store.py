@@ -88,14 +88,20 @@ class SessionStore:
             return session.turns if session is not None else ()
 
     def add(
-        self, key: SessionKey, new: Sequence[ChatMessage], reply: str, dropped: int = 0
+        self,
+        key: SessionKey,
+        new: Sequence[ChatMessage],
+        reply: str | ChatMessage,
+        dropped: int = 0,
     ) -> tuple[ChatMessage, ...]:
         """Record a finished exchange: the new turns and the reply after the history, less the
         dropped oldest ones (what the engine left out to fit the context); the turns kept."""
         with self._lock:
             old = self._sessions.pop(key, None)
             history = drop_oldest(old.turns, dropped) if old is not None else ()
-            turns = (*history, *new, ChatMessage("assistant", reply))
+            if isinstance(reply, str):
+                reply = ChatMessage("assistant", reply)
+            turns = (*history, *new, reply)
             if len(turns) > self.cfg.max_turns:
                 turns = drop_oldest(turns, len(turns) - self.cfg.max_turns)
             session = Session(turns, self._clock())
