@@ -82,7 +82,7 @@ class Generation:
         self._first_at: float | None = None
         self._finish = "length"
         self._grammar: Any = None
-        memory = memory or history.SessionMemory(None, KvStates(0))
+        memory = self._memory = memory or history.SessionMemory(None, KvStates(0))
         self._kv, self._sessions = memory.kv, memory.store
         self._fitted: history.Fitted | None = None
         self._calls: tuple[ToolCall, ...] = ()  # the reply's tool calls (recorded in a session)
@@ -91,6 +91,7 @@ class Generation:
         """Generate and answer; the speeds measured, or None when it ended without a reply."""
         started = self._clock()
         self.job.started_at = started
+        self._memory.after_turn(None)  # the cache is this job's now: nothing left to prime
         if not self._still_wanted(started):
             return None
         tokens = self._prompt()
@@ -317,7 +318,7 @@ class Generation:
             Done(text, self._finish, Usage(n_prompt, self._n_out), timings, self._notes)
         )
         if turns is not None:
-            history.prime(self._llm, self._prompter, self.req, turns)
+            self._memory.after_turn(self.req, turns)  # primed once the worker is idle
         return Measured(timings.tokens_per_s, prefill, self._n_out)
 
     def _settle_calls(self) -> str:

@@ -19,6 +19,8 @@ from daemon.sessions.store import SessionKey, SessionStore, drop_oldest
 
 # The most tokens prime() evaluates after a reply (the worker is not free meanwhile).
 _PRIME_MAX = 64
+# How long the worker waits with no job before it primes a session's next prompt.
+PRIME_AFTER_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,23 @@ class SessionMemory:
     def __init__(self, store: SessionStore | None, kv: KvStates):
         self.store = store
         self.kv = kv
+        # The turn whose follow-up to prime when the worker is idle (the worker thread's).
+        self._after: tuple[Request, tuple[ChatMessage, ...]] | None = None
+
+    @property
+    def priming(self) -> bool:
+        return self._after is not None
+
+    def after_turn(self, req: Request | None, turns: tuple[ChatMessage, ...] = ()) -> None:
+        """A session turn ended (or, with None, another job starts): what to prime, if idle."""
+        self._after = (req, turns) if req is not None else None
+
+    def prime(self, llm: Any, prompter: Prompter | None) -> int:
+        """Prime the last session turn's follow-up (prime()); the tokens evaluated."""
+        after, self._after = self._after, None
+        if after is None or prompter is None:
+            return 0
+        return prime(llm, prompter, *after)
 
     def reset(self, key: SessionKey) -> bool:
         """Forget a session's turns and its saved KV state; whether it had turns."""

@@ -13,7 +13,7 @@ import structlog
 from daemon.config import GenerationConfig, LimitsConfig, ModelConfig, PolicyConfig
 from daemon.engine import admission, llama_compat, loading
 from daemon.engine.generation import NOTHING_YET, Generation
-from daemon.engine.history import SessionMemory
+from daemon.engine.history import PRIME_AFTER_S, SessionMemory
 from daemon.engine.kvstates import KvStates
 from daemon.engine.limits import LiveLimits
 from daemon.engine.loading import ModelInfo
@@ -206,8 +206,7 @@ class Engine:
         deadline = time.monotonic() + grace_s
         while self._current is not None and time.monotonic() < deadline:
             time.sleep(0.02)
-        current = self._current
-        if current is not None:
+        if (current := self._current) is not None:
             current.cancelled.set()
         self._thread.join(timeout=30)
         if self._thread.is_alive():
@@ -245,9 +244,7 @@ class Engine:
             except Exception as err:
                 faults += 1
                 job = self._current
-                log.exception(
-                    "engine_fault", id=job.request.id if job else None, consecutive=faults
-                )
+                log.exception("engine_fault", id=job and job.request.id, consecutive=faults)
                 if job is not None:
                     job.finish_error(ErrorCode.INTERNAL, "internal error while generating")
                 reason = self._recover(err, faults)
@@ -268,7 +265,10 @@ class Engine:
             # at the next token (daemon/engine/sweep.py). READY came first, so start-up is fast.
             self._checkpoint("sweep")
             self._sweep_slice()
-        job = self._queue.get(timeout=0.0 if sweeping else _POLL_S)
+        # A session's follow-up is primed after a short idle pause (engine/history.py, prime).
+        wait = 0.0 if sweeping else PRIME_AFTER_S if self.memory.priming else _POLL_S
+        if (job := self._queue.get(timeout=wait)) is None and self.memory.priming:
+            self.memory.prime(self._llm, self._prompter)
         with self._lock:
             self._current = job
         # Limits asked for while waiting apply before the next job starts.
