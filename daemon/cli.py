@@ -16,6 +16,7 @@ examples:
   edgellm serve                          run the daemon on the embedded defaults
   edgellm serve -c /etc/edgellm/config.yaml
   edgellm ask "Why is the sky blue?"     ask the local node, print tokens as they arrive
+  edgellm chat                           chat in the terminal; the node keeps the conversation
   edgellm model fetch smollm2-135m       download and verify the default model
   edgellm check-config config.yaml       validate a config file and print the result
   edgellm doctor                         does llama.cpp run on this CPU? (probe once, remember)
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="model to serve (overrides model.name)")
 
     _add_ask(sub)
+    _add_chat(sub)
     _add_simulate(sub)
     _add_doctor(sub)
 
@@ -79,6 +81,22 @@ def _add_ask(sub: Any) -> None:
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
 
 
+def _add_chat(sub: Any) -> None:
+    text = "chat with a node in the terminal (it keeps the conversation; Ctrl-C stops an answer)"
+    chat = sub.add_parser("chat", help=text, description=_CHAT_TEXT)
+    _common(chat)
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--v311", action="store_true", help="speak MQTT 3.1.1")
+    chat.add_argument("--timeout", type=float, default=120.0, help="seconds per answer (120)")
+
+
+_CHAT_TEXT = (
+    "An interactive chat over MQTT: each line is a turn of one session, so the node keeps the "
+    "history; the answer streams as it comes. Ctrl-C while it answers stops the answer; Ctrl-C "
+    "at an empty prompt, Ctrl-D or /quit leaves; /reset starts a new conversation."
+)
 _SIMULATE_TEXT = (
     "Runs the governor's policy on a virtual clock against a recorded sensor trace (CSV or JSON "
     "lines) or the thermal model (monitor.sim in the config), under a repeating busy/idle load, "
@@ -203,6 +221,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return AskClient(cfg, prompt, fields, opts).run()
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from daemon.frontends.chat import ChatClient
+
+    cfg = _load_config(args)
+    fields = {
+        key: getattr(args, key)
+        for key in ("system", "max_tokens", "temperature")
+        if getattr(args, key) is not None
+    }
+    return ChatClient(cfg, fields, v311=args.v311, timeout_s=args.timeout).run()
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     import csv
     import dataclasses
@@ -309,6 +339,7 @@ def cmd_model(args: argparse.Namespace) -> int:
 COMMANDS = {
     "serve": cmd_serve,
     "ask": cmd_ask,
+    "chat": cmd_chat,
     "check-config": cmd_check_config,
     "doctor": cmd_doctor,
     "simulate": cmd_simulate,

@@ -15,8 +15,9 @@ sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 # mosquitto: the broker (and its clients, for the examples); a compiler and cmake build
 # llama.cpp inside `pip install llama-cpp-python`.
 missing=()
-# The tests also lint the shell scripts.
+# The tests also lint the shell scripts, and drive `edgellm chat` in a real terminal (tmux).
 [[ -n "$extras" ]] && ! command -v shellcheck >/dev/null 2>&1 && missing+=(shellcheck)
+[[ -n "$extras" ]] && ! command -v tmux >/dev/null 2>&1 && missing+=(tmux)
 command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v c++ >/dev/null 2>&1 || missing+=(build-essential)
