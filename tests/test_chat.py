@@ -107,7 +107,7 @@ def test_a_terminal_chat_streams_remembers_stops_and_ends(pane: Pane, daemon: Da
     pane.type("And another one?")
     pane.until(lambda s: prompts(s) == 3, "the second answer")
     # The node kept the conversation: the second turn had the first before it.
-    assert sessions_logged(daemon, session.group(1)) == [2, 4]
+    poll(lambda: sessions_logged(daemon, session.group(1)) == [2, 4], 10, "both turns logged")
 
     pane.type("Write a very long story about a dragon who learns to bake bread.")
     # Ctrl-C once the answer is streaming: it stops the answer, not the program.

@@ -22,7 +22,7 @@ from daemon.requests import ChatMessage, ReplyAddress, Request, StreamMode, Tool
 from daemon.sessions.config import SessionsConfig
 from daemon.sessions.persist import SqliteSessions
 from daemon.sessions.store import SessionKey, SessionStore, drop_oldest
-from tests.helpers import Broker, Client, Daemon
+from tests.helpers import Broker, Client, Daemon, poll
 
 U, A = "user", "assistant"
 KEY = SessionKey("alice", "kitchen")
@@ -345,8 +345,12 @@ def test_a_wyoming_follow_up_has_the_turns_before_it(daemon: Daemon):
 
     asyncio.run(say("What is the capital of France?"))
     asyncio.run(say("And of Spain?"))
-    logged = [e["session"] for e in daemon.log_events() if e.get("session", {}).get("id") == cid]
-    assert [s["messages"] for s in logged] == [2, 4]
+
+    def logged() -> list[int]:  # the log line follows the answer: wait for it
+        events = daemon.log_events()
+        return [e["session"]["messages"] for e in events if e.get("session", {}).get("id") == cid]
+
+    assert poll(lambda: logged() if len(logged()) == 2 else None, 10, "both turns logged") == [2, 4]
 
 
 def test_the_governor_loop_applies_the_kv_state_budget_each_tick():
