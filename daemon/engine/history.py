@@ -13,6 +13,7 @@ from typing import Any
 from daemon.engine import kvstates, llama_compat
 from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter, Refused
+from daemon.engine.tools import offered
 from daemon.requests import ChatMessage, ErrorCode, Request
 from daemon.sessions.config import SessionsConfig
 from daemon.sessions.store import SessionKey, SessionStore, drop_oldest
@@ -83,8 +84,9 @@ def prime(llm: Any, prompter: Prompter, req: Request, turns: tuple[ChatMessage, 
     question's first). Only a short tail: a longer one (turns dropped) waits for the follow-up.
     The tokens evaluated."""
     system, _ = new_turns(req)
-    a = prompter.encode(None, (*turns, ChatMessage("user", "a")), system)
-    b = prompter.encode(None, (*turns, ChatMessage("user", "b")), system)
+    with prompter.offering(offered(req)):  # the tools this conversation is given, if any
+        a = prompter.encode(None, (*turns, ChatMessage("user", "a")), system)
+        b = prompter.encode(None, (*turns, ChatMessage("user", "b")), system)
     stable = a[: kvstates.common_length(a, b) - 1]
     keep = kvstates.common_length(llama_compat.cached_tokens(llm), stable)
     tail = stable[keep:]
