@@ -70,7 +70,9 @@ def tool_daemon(
     """The default model with a Hermes-style chat template that renders `tools` (tests/data):
     the tool path end to end on a model whose own template takes none."""
     template = (Path(__file__).parent / "data" / "hermes-tools.jinja").read_text()
-    settings = {"model": {"chat_template": template}}
+    # No thread sweep: an idle daemon's sweeps (and their back-off re-sweeps when contended)
+    # would load the CPU under the tests that come after, including the ones that time a sweep.
+    settings = {"model": {"chat_template": template}, "governor": {"thread_sweep": False}}
     d = Daemon(broker, tmp_path_factory.mktemp("tools"), settings=settings).start()
     yield d
     d.stop()
