@@ -136,6 +136,12 @@ def test_a_terminal_chat_streams_remembers_stops_and_ends(pane: Pane, daemon: Da
     pane.type("/nonsense")
     pane.until(lambda s: "unknown command" in s, "the unknown command")
 
+    # Ctrl-C on a half-typed line clears the line; the program stays.
+    pane.keys("-l", "half a thought")
+    pane.until(lambda s: "half a thought" in s, "the typing")
+    pane.keys("C-c")
+    pane.until(lambda s: prompts(s) == 8, "a fresh prompt after clearing the line")
+
     pane.keys("C-d")
     pane.until(lambda s: "[exit 0]" in s, "the program to end with 0")
 

@@ -8,7 +8,6 @@ readline's line editing where it exists): nothing more to install on a kiosk.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import threading
@@ -25,14 +24,16 @@ from daemon.credentials import mqtt_password
 from daemon.frontends.mqtt import make_client
 from daemon.frontends.topics import Topics
 
-with contextlib.suppress(ImportError):
-    import readline  # noqa: F401  (input() gains line editing and history)
+try:
+    import readline  # input() gains line editing and history
+except ImportError:  # not on every Python build
+    readline = None  # type: ignore[assignment]
 
 HELP = """commands:
   /reset   forget this conversation and start a new one
   /help    this list
   /quit    leave (so do Ctrl-D, and Ctrl-C at an empty prompt)
-Ctrl-C while the node answers stops the answer."""
+Ctrl-C while the node answers stops the answer; on a half-typed line it clears the line."""
 
 
 def command(line: str) -> str | None:
@@ -174,8 +175,13 @@ class ChatClient:
         while True:
             try:
                 line = read("you> ")
-            except (EOFError, KeyboardInterrupt):
+            except EOFError:
                 self._print("\n")
+                return 0
+            except KeyboardInterrupt:
+                self._print("\n")
+                if readline is not None and readline.get_line_buffer():
+                    continue  # Ctrl-C on a half-typed line clears it, as in a shell
                 return 0
             what = command(line)
             if what is None and line.strip():
