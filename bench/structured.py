@@ -15,12 +15,8 @@ import uuid
 from typing import Any
 
 from bench.common import Broker, Daemon, Tally, free_port, report, workdir
+from tests.shapes import SCHEMA, matches
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"action": {"enum": ["on", "off"]}, "device": {"type": "string"}},
-    "required": ["action", "device"],
-}
 ASKS = [
     "Turn on the kitchen light.",
     "Switch off the fan in the bedroom.",
@@ -33,15 +29,6 @@ ASKS = [
     "Switch the porch light on.",
     "Kill the music in the living room.",
 ]
-
-
-def matches(obj: Any) -> bool:
-    return (
-        isinstance(obj, dict)
-        and set(obj) == {"action", "device"}
-        and obj["action"] in ("on", "off")
-        and isinstance(obj["device"], str)
-    )
 
 
 def main() -> None:

@@ -312,3 +312,26 @@ class Daemon:
                 poll(lambda: "most recent call first" in self.log(), 3, "a stack dump")
             self.proc.kill()
             raise AssertionError(f"daemon did not stop within {timeout} s:\n{self.log()}") from None
+
+
+def make_request(**fields: Any) -> Any:
+    """A Request as a front door would make it: a fresh id, defaults, and these fields."""
+    from daemon.requests import ReplyAddress, Request, StreamMode
+
+    rid = fields.pop("id", None) or uuid.uuid4().hex[:8]
+    base: dict[str, Any] = dict(
+        id=rid,
+        reply=ReplyAddress(f"r/{rid}"),
+        messages=None,
+        prompt="x",
+        system=None,
+        max_tokens=None,
+        temperature=None,
+        top_p=None,
+        stop=(),
+        seed=None,
+        stream=StreamMode.OFF,
+        received_at=0.0,
+        deadline=1e12,
+    )
+    return Request(**{**base, **fields})

@@ -12,21 +12,10 @@ import pytest
 
 from daemon.engine import gbnf
 from tests.helpers import Client, Daemon
+from tests.shapes import WEATHER
 
 pytestmark = pytest.mark.model
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 ASK = "What is the weather in Paris?"
 
 

@@ -15,40 +15,15 @@ from daemon.frontends.http_ollama import OllamaWire
 from daemon.frontends.http_openai import OpenAIWire
 from daemon.requests import Done, Timings, Usage
 from tests.helpers import LOOPBACK, Daemon
+from tests.shapes import SCHEMA, WEATHER, matches
 
 MODEL = "smollm2-135m"
-SCHEMA = {
-    "type": "object",
-    "properties": {"action": {"enum": ["on", "off"]}, "device": {"type": "string"}},
-    "required": ["action", "device"],
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 LIGHT = [{"role": "user", "content": "Turn on the kitchen light."}]
 
 
 def base(d: Daemon) -> str:
     return f"http://{LOOPBACK}:{d.http_port}"
-
-
-def matches(obj: object) -> bool:
-    return (
-        isinstance(obj, dict)
-        and set(obj) == {"action", "device"}
-        and obj["action"] in ("on", "off")
-        and isinstance(obj["device"], str)
-    )
 
 
 # -- the wires, against the clients' own response models (no model needed) ----------------------

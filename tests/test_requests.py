@@ -7,7 +7,8 @@ import itertools
 import pytest
 
 from daemon.engine import admission
-from daemon.requests import Job, JobQueue, Priority, QueueFull, ReplyAddress, Request, StreamMode
+from daemon.requests import Job, JobQueue, Priority, QueueFull
+from tests.helpers import make_request
 
 _ids = itertools.count()
 
@@ -32,20 +33,10 @@ def job(
     prompt: str = "x" * 40,
     max_tokens: int = 10,
 ) -> Job:
-    rid = f"j{next(_ids)}"
-    req = Request(
-        id=rid,
-        reply=ReplyAddress(f"r/{rid}"),
-        messages=None,
+    req = make_request(
+        id=f"j{next(_ids)}",
         prompt=prompt,
-        system=None,
         max_tokens=max_tokens,
-        temperature=None,
-        top_p=None,
-        stop=(),
-        seed=None,
-        stream=StreamMode.OFF,
-        received_at=0.0,
         deadline=deadline,
         priority=priority,
     )

@@ -18,11 +18,11 @@ from daemon.engine import history, llama_compat
 from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter
 from daemon.governor.policy import MIB, kv_state_budget
-from daemon.requests import ChatMessage, ReplyAddress, Request, StreamMode, ToolCall
+from daemon.requests import ChatMessage, Request, ToolCall
 from daemon.sessions.config import SessionsConfig
 from daemon.sessions.persist import SqliteSessions
 from daemon.sessions.store import SessionKey, SessionStore, drop_oldest
-from tests.helpers import Broker, Client, Daemon, poll
+from tests.helpers import Broker, Client, Daemon, make_request, poll
 
 U, A = "user", "assistant"
 KEY = SessionKey("alice", "kitchen")
@@ -135,23 +135,7 @@ def prompter(llm: Any, system: str | None = None) -> Prompter:
 
 
 def request(prompt: str, session: str = "s", client: str = "alice") -> Request:
-    return Request(
-        id=uuid.uuid4().hex[:8],
-        reply=ReplyAddress("t"),
-        messages=None,
-        prompt=prompt,
-        system=None,
-        max_tokens=None,
-        temperature=None,
-        top_p=None,
-        stop=(),
-        seed=None,
-        stream=StreamMode.OFF,
-        received_at=0.0,
-        deadline=1e12,
-        session=session,
-        client=client,
-    )
+    return make_request(prompt=prompt, session=session, client=client)
 
 
 @pytest.mark.model

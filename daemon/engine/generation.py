@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import GenerationConfig
-from daemon.engine import history, llama_compat, structured
+from daemon.engine import history, kvstates, llama_compat, structured
 from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter, Refused
 from daemon.engine.textstream import SentenceChunker, StopMatcher
@@ -34,12 +34,7 @@ class Measured:
 
 def common_prefix(cached: Any, tokens: list[int]) -> int:
     """How many leading tokens llama-cpp-python's generate() will reuse from the KV cache."""
-    n = 0
-    for a, b in zip(cached, tokens, strict=False):
-        if a != b:
-            break
-        n += 1
-    return min(n, len(tokens) - 1)
+    return min(kvstates.common_length(cached, tokens), len(tokens) - 1)
 
 
 class Generation:
