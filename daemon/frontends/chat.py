@@ -16,11 +16,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from daemon.config import Config
 from daemon.credentials import mqtt_password
+from daemon.frontends.client import reply_properties, user_topic
 from daemon.frontends.mqtt import make_client
 from daemon.frontends.topics import Topics
 
@@ -113,8 +111,7 @@ class ChatClient:
     def _publish(self, topic: str, body: dict[str, Any], reply_topic: str | None = None) -> None:
         props = None
         if reply_topic is not None and not self._v311:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = reply_topic
+            props = reply_properties(reply_topic)
         self._client.publish(topic, json.dumps(body), qos=1, properties=props)
 
     def _ask(self, text: str) -> None:
@@ -127,7 +124,7 @@ class ChatClient:
             body["reply_to"] = reply_topic
         self._ended.clear()
         self._rid = rid
-        own = self.topics.client_request(self._user) if self._user else self.topics.request
+        own = user_topic(self._user, self.topics.client_request(self._user), self.topics.request)
         self._publish(own, body, reply_topic)
         self._print(f"{self.topics.node_id}> ")
         deadline = time.monotonic() + self._timeout_s
@@ -141,8 +138,9 @@ class ChatClient:
 
     def _stop(self, rid: str, note: str) -> None:
         user = self._user
-        cancel = self.topics.client_cancel(user) if user else self.topics.cancel
-        self._publish(cancel, {"id": rid})
+        self._publish(
+            user_topic(user, self.topics.client_cancel(user), self.topics.cancel), {"id": rid}
+        )
         self._rid = None  # what still arrives for it is not printed
         self._print(note)
 

@@ -22,6 +22,21 @@ from daemon.frontends.topics import Topics
 from daemon.requests import new_id
 
 
+def user_topic(username: str | None, per_user: str, plain: str) -> str:
+    """With a user name, the per-user topic: the LAN broker's ACL binds it to that user (its rate
+    limit and allow-list entry); anonymous clients use the plain topic."""
+    return per_user if username else plain
+
+
+def reply_properties(reply_topic: str, correlation: bytes | None = None) -> Properties:
+    """A request's MQTT v5 Response Topic (and Correlation Data): where the node answers."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = reply_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
+
+
 @dataclass(frozen=True)
 class AskOptions:
     """How to ask and how to print: what `edgellm ask`'s flags say."""
@@ -59,11 +74,6 @@ class AskClient:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
-    def _user_topic(self, per_user: str, plain: str) -> str:
-        # With a user name, the per-user topic: the LAN broker's ACL binds it to that user (its
-        # rate limit and allow-list entry); anonymous clients use the plain topic.
-        return per_user if self._cfg.mqtt.username else plain
-
     def _on_connect(self, c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             print(f"edgellm: broker refused the connection: {rc}", file=sys.stderr)
@@ -74,11 +84,9 @@ class AskClient:
     def _on_subscribe(self, c: Any, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
         props = None
         if not self._opts.v311:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = self.reply_topic
-            props.CorrelationData = self._correlation
+            props = reply_properties(self.reply_topic, self._correlation)
         user = self._cfg.mqtt.username or ""
-        topic = self._user_topic(self.topics.client_request(user), self.topics.request)
+        topic = user_topic(user, self.topics.client_request(user), self.topics.request)
         c.publish(topic, json.dumps(self.body), qos=1, properties=props)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
@@ -124,7 +132,7 @@ class AskClient:
             )
             self.code = 1
             user = mqtt_cfg.username or ""
-            cancel = self._user_topic(self.topics.client_cancel(user), self.topics.cancel)
+            cancel = user_topic(user, self.topics.client_cancel(user), self.topics.cancel)
             self._client.publish(cancel, json.dumps({"id": self.rid}), qos=1).wait_for_publish(2)
         self._client.disconnect()
         self._client.loop_stop()
