@@ -239,6 +239,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from daemon import config
     from daemon.governor import boards
+    from daemon.governor.policy import ctx_max_of
     from daemon.governor.simulate import Workload, draw, simulate
 
     cfg = config.load(args.config)
@@ -249,7 +250,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         trace=args.trace,
         start_threads=args.threads,
     )
-    gcfg = boards.resolve(cfg.governor, boards.detect(cfg.monitor.sysfs_root), cfg.model.n_ctx)
+    gcfg = boards.resolve(cfg.governor, boards.detect(cfg.monitor.sysfs_root), ctx_max_of(cfg))
     draw(rows, args.out, gcfg.soft_temp_c, gcfg.hard_temp_c)
     if args.csv:
         with args.csv.open("w", newline="") as f:

@@ -88,11 +88,15 @@ class ModelConfig(_Section):
         description="Catalog name, local path, https URL or hf:owner/repo/file.gguf.",
     )
     dir: Path | None = Field(None, description="Where models live; default the XDG data dir.")
-    n_ctx: int = Field(2048, ge=128, le=131072, description="Context length in tokens.")
+    n_ctx: int | None = Field(
+        None, ge=128, le=131072, description="Context length; None: the model's, as memory allows."
+    )
     n_threads: int | None = Field(
         None, ge=1, le=256, description="Generation threads; default the physical core count."
     )
     n_batch: int = Field(256, ge=8, le=8192, description="Prompt-processing batch size.")
+    kv_type: Literal["f16", "q8_0"] = Field("f16", description="KV cache type (q8_0: half).")
+    flash_attn: bool = Field(False, description="llama.cpp's flash attention.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all).")
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the model's own."
@@ -120,6 +124,9 @@ class GenerationConfig(_Section):
         description="Streamed tokens: at most one delta message per this many ms (the tokens "
         "between are joined; the first goes at once); 0: one per token.",
     )
+    tool_prompt: Literal["compact", "json"] = Field(
+        "compact", description="Tools for a template without any: a line each, or JSON."
+    )
 
 
 class LimitsConfig(_Section):
@@ -129,7 +136,12 @@ class LimitsConfig(_Section):
         65536, ge=256, le=16 * 1024 * 1024, description="Largest request accepted."
     )
     max_tokens: int = Field(1024, ge=1, description="Upper bound on any request's max_tokens.")
-    max_messages: int = Field(64, ge=1, description="Most chat messages in one request.")
+    max_messages: int = Field(
+        256,
+        ge=1,
+        description="Most chat messages in one request (Home Assistant's llama.cpp integration "
+        "resends a whole evening's conversation, four messages per tool turn).",
+    )
     max_stop: int = Field(8, ge=0, le=32, description="Most stop strings in one request.")
     queue_size: int = Field(
         8, ge=1, le=1024, description="Requests waiting beyond the running one."
@@ -326,6 +338,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
+        if self.model.kv_type != "f16" and not self.model.flash_attn:
+            raise ValueError("model.kv_type q8_0 needs model.flash_attn: true (llama.cpp)")
         if self.generation.max_tokens > self.limits.max_tokens:
             raise ValueError("generation.max_tokens must not exceed limits.max_tokens")
         if self.fleet.group is not None and self.node_id == "fleet":

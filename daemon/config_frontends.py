@@ -49,7 +49,10 @@ class HttpConfig(_Section):
         None, description="Client addresses (CIDRs) that may connect; None: any."
     )
     max_body_bytes: int = Field(
-        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest request body accepted."
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body accepted (128 tools and 256 messages fit).",
     )
 
 

@@ -111,6 +111,12 @@ class Request:
     # given to a chat template that takes them; the calls come back in done's tool_calls.
     tools: tuple[dict[str, Any], ...] | None = None
     tool_choice: str = "auto"  # "auto" | "none" (tools not offered) | "required" (a grammar)
+    # The context the client asks for (ollama's num_ctx): grown to, between jobs, as far as the
+    # model and memory allow (engine/context.py); never shrunk for it.
+    n_ctx: int | None = None
+    # Reasoning models: True puts the reasoning text in done's `thinking`; False and None keep
+    # it out of the reply. Never in `text`.
+    think: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ def new_id() -> str:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of prompt_tokens, those the KV cache held: not evaluated again
 
 
 @dataclass(frozen=True)

@@ -89,8 +89,10 @@ def test_tool_call_grammars_pass_the_check():
             {"type": "function", "function": {"name": "get_time"}},
         ]
     )
-    for fmt in ("hermes", "mistral", "json"):
-        gbnf.check(structured._call_gbnf(offered, fmt))
+    for fmt in ("hermes", "mistral", "json", "edgellm"):
+        gbnf.check(structured._call_gbnf(offered, fmt, "required"))
+    for fmt in ("hermes", "mistral", "edgellm"):  # text or calls
+        gbnf.check(structured._call_gbnf(offered, fmt, "auto"))
 
 
 def test_grammars_are_cached_and_bad_ones_refused():

@@ -78,7 +78,7 @@ def test_a_bad_grammar_is_a_bad_request_and_the_node_goes_on(
         ({"grammar": ""}, "grammar"),
         ({"tools": {"name": "x"}}, "tools"),
         ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0]"),
-        ({"tools": [WEATHER] * 33}, "the limit is 32"),
+        ({"tools": [WEATHER] * 129}, "the limit is 128"),
         ({"tools": [WEATHER], "tool_choice": "always"}, "tool_choice"),
         ({"tool_choice": "required"}, "needs tools"),
         ({"tools": [WEATHER], "tool_choice": "required", "grammar": 'root ::= "a"'}, "constrains"),
@@ -98,9 +98,12 @@ def test_tool_messages_are_checked(client: Client, daemon: Daemon):
     refused(client, daemon, {"messages": bad}, "only a tool message")
 
 
-def test_tools_on_a_template_without_them_are_refused(client: Client, daemon: Daemon):
-    """The bundled SmolLM2 template renders no tools: a clear bad_request, not a silent drop."""
-    refused(client, daemon, {"prompt": ASK, "tools": [WEATHER]}, "does not take tools")
+def test_tools_on_a_template_without_them_use_edgellms_format(client: Client, daemon: Daemon):
+    """The bundled SmolLM2 template renders no tools: edgellm describes them itself, and a
+    grammar makes a required call one that parses, to an offered tool."""
+    body = {"prompt": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 64}
+    [call] = done(client, daemon, body)["tool_calls"]
+    assert call["name"] == "get_weather" and isinstance(call["arguments"].get("city"), str)
     # tool_choice "none" offers none: the request runs as plain chat.
     body = {"prompt": ASK, "tools": [WEATHER], "tool_choice": "none", "max_tokens": 4}
     assert "tool_calls" not in done(client, daemon, body)

@@ -150,7 +150,7 @@ def test_bad_openai_requests_get_openai_errors(node: Daemon):
 
 
 def test_oversized_body_is_refused(node: Daemon):
-    r = httpx.post(base(node) + "/api/chat", content=b"x" * (1024 * 1024 + 1), timeout=30)
+    r = httpx.post(base(node) + "/api/chat", content=b"x" * (4 * 1024 * 1024 + 1), timeout=30)
     assert r.status_code == 413
     assert "limit" in r.json()["error"]
     assert ollama.Client(host=base(node)).ps().models

@@ -101,7 +101,6 @@ def test_openai_response_format_json_object_and_schema(daemon: Daemon):
         ("/api/chat", {"format": {"type": 5}}, "json_schema"),
         ("/api/chat", {"tools": {"x": 1}}, "tools"),
         ("/api/chat", {"tools": [{"type": "function", "function": {}}]}, "tools[0]"),
-        ("/api/chat", {"tools": [WEATHER]}, "does not take tools"),
         ("/v1/chat/completions", {"response_format": {"type": "xml"}}, "response_format"),
         ("/v1/chat/completions", {"response_format": {"type": "json_schema"}}, "json_schema"),
         ("/v1/chat/completions", {"tools": [WEATHER], "tool_choice": "often"}, "tool_choice"),
@@ -111,7 +110,6 @@ def test_openai_response_format_json_object_and_schema(daemon: Daemon):
             {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
             "not in tools",
         ),
-        ("/v1/chat/completions", {"tools": [WEATHER]}, "does not take tools"),
     ],
 )
 def test_bad_structured_requests_are_400s(daemon: Daemon, path, extra, fragment):

@@ -182,10 +182,13 @@ def test_messages_with_calls_and_results_for_a_template_with_and_without_tools()
         ],
     }
     assert tools.template_message(answer, True)["role"] == "tool"
-    # Without tools: the call as JSON text, the result as the user's turn.
+    # Without tools: edgellm's own format, the call in its markup, the result a user turn.
     plain = tools.template_message(asked, False)
-    assert json.loads(plain["content"]) == {"name": "get_weather", "arguments": PARIS}
-    assert tools.template_message(answer, False) == {"role": "user", "content": '{"temp": 18}'}
+    assert plain["content"].startswith("<tool_call>") and plain["content"].endswith("</tool_call>")
+    inner = plain["content"].removeprefix("<tool_call>").removesuffix("</tool_call>")
+    assert json.loads(inner) == {"name": "get_weather", "arguments": PARIS}
+    result = tools.template_message(answer, False)
+    assert result == {"role": "user", "content": '<tool_response>\n{"temp": 18}\n</tool_response>'}
 
 
 def test_the_stream_waits_while_the_reply_may_be_a_call():

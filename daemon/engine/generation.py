@@ -11,6 +11,7 @@ from daemon.config import GenerationConfig
 from daemon.engine import history, kvstates, llama_compat, structured
 from daemon.engine.kvstates import KvStates
 from daemon.engine.prompt import Prompter, Refused
+from daemon.engine.reasoning import ReasoningSplitter
 from daemon.engine.textstream import SentenceChunker, StopMatcher
 from daemon.engine.tools import CallGate, call_dicts, find_calls, offered, offered_names
 from daemon.requests import ChatMessage, Done, ErrorCode, Job, StreamMode, Timings, ToolCall, Usage
@@ -64,6 +65,7 @@ class Generation:
         self._chunker = SentenceChunker() if self.req.stream is StreamMode.SENTENCES else None
         streams = self.req.stream is not StreamMode.OFF
         self._gate = CallGate() if streams and offered(self.req) else None  # tools: hold a call
+        self._reasoning = ReasoningSplitter()  # a <think> block never reaches the reply
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._parts: list[str] = []
         self._notes: dict[str, Any] = {}
@@ -77,6 +79,7 @@ class Generation:
         self._first_at: float | None = None
         self._finish = "length"
         self._grammar: Any = None
+        self._strict = False  # the grammar shapes the whole reply (JSON, a required call)
         memory = self._memory = memory or history.SessionMemory(None, KvStates(0))
         self._kv, self._sessions = memory.kv, memory.store
         self._fitted: history.Fitted | None = None
@@ -159,6 +162,11 @@ class Generation:
         try:
             prompter = self._prompter
             self._grammar = prompter.grammars.for_request(self.req, prompter.call_format)
+            # A grammar that shapes the whole reply as JSON (not "text or a call": its text
+            # branch is free, and wants the repeat penalty as any text does).
+            req = self.req
+            strict = req.json_schema is not None or req.grammar is not None
+            self._strict = strict or req.tool_choice == "required"
         except structured.SchemaError as err:
             self.job.finish_error(err.code, str(err), NOTHING_YET)
             return False
@@ -192,12 +200,21 @@ class Generation:
             self._llm.set_seed(_RANDOM_SEED)
 
     def _emit(self, text: str) -> None:
+        text = self._reasoning.feed(text)
         if not text:
             return
         self._parts.append(text)
         if self._gate is not None:
             text = self._gate.feed(text)  # a reply that may be a tool call waits
         self._stream(text)
+
+    def _emit_rest(self, text: str) -> None:
+        """What the reasoning splitter held back at the end (it is reply text, not reasoning)."""
+        if text:
+            self._parts.append(text)
+            self._stream(self._gate.feed(text) if self._gate is not None else text)
+        if self.req.think is not False and self._reasoning.thinking:
+            self._notes["thinking"] = self._reasoning.thinking
 
     def _stream(self, text: str) -> None:
         if not text:
@@ -236,7 +253,7 @@ class Generation:
             temp=temp,
             # JSON repeats its quotes and braces by design: a repeat penalty keeps a small model
             # from closing a string (seen: "kitchen light } A kitchen light is ..." to the limit).
-            repeat_penalty=gen.repeat_penalty if self._grammar is None else 1.0,
+            repeat_penalty=gen.repeat_penalty if not self._strict else 1.0,
             grammar=self._grammar,
         )
         try:
@@ -280,6 +297,7 @@ class Generation:
         self._emit(self._terms.feed(self._stops.flush()))
         if not self._terms.blocked:
             self._emit(self._terms.flush())
+        self._emit_rest(self._reasoning.flush())
         verdict = self._prompter.check_reply(self._terms, self.text)
         if verdict is not None:
             usage = {"prompt_tokens": n_prompt, "completion_tokens": self._n_out}
@@ -310,7 +328,13 @@ class Generation:
         if first_at is not None and fresh >= 16 and first_at > gen_at:
             prefill = fresh / (first_at - gen_at)
         self.job.finish_done(
-            Done(text, self._finish, Usage(n_prompt, self._n_out), timings, self._notes)
+            Done(
+                text,
+                self._finish,
+                Usage(n_prompt, self._n_out, n_prompt - fresh),
+                timings,
+                self._notes,
+            )
         )
         if turns is not None:
             self._memory.after_turn(self.req, turns)  # primed once the worker is idle

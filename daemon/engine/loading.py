@@ -10,6 +10,9 @@ from daemon import cpus
 from daemon.config import ModelConfig
 from daemon.engine import llama_compat, tools
 
+AUTO_LOAD_CTX = 2048
+KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml's type numbers, as Llama(type_k=...) takes them
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -39,14 +42,24 @@ def load(
     llm = llama_compat.load_llama(
         str(path),
         repack=repack,
-        n_ctx=mcfg.n_ctx,
+        # auto (None): loaded at this, then sized to the model and memory (worker.py)
+        n_ctx=mcfg.n_ctx or AUTO_LOAD_CTX,
         n_threads=n_threads,
         n_threads_batch=n_threads,  # prefill follows decode (llama_compat.set_threads)
         n_batch=mcfg.n_batch,
+        flash_attn=mcfg.flash_attn,
+        type_k=KV_TYPES[mcfg.kv_type],
+        type_v=KV_TYPES[mcfg.kv_type],
         n_gpu_layers=mcfg.n_gpu_layers,
         verbose=False,
     )
     llama_compat.check_internals(llm)
+    if mcfg.n_ctx is None:  # auto: the model's own length as far as memory allows
+        from daemon.governor.startctx import auto_context
+
+        n_ctx = auto_context(llm.metadata, llama_compat.n_ctx_train(llm), mcfg.kv_type)
+        if n_ctx != llm.n_ctx():
+            llama_compat.rebuild_context(llm, n_ctx)
     template = mcfg.chat_template or llm.metadata.get("tokenizer.chat_template")
     threads, threads_batch = llama_compat.thread_counts(llm)
     info = ModelInfo(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from daemon.config import GenerationConfig, PolicyConfig
-from daemon.engine import llama_compat, tools
+from daemon.engine import llama_compat, toolprompt, tools
 from daemon.engine.structured import Grammars
 from daemon.requests import ChatMessage, ErrorCode, Request
 from daemon.safeguards.policy import Classifier, TermFilter, compose_system
@@ -38,9 +38,10 @@ class Prompter:
         from llama_cpp import llama_chat_format
 
         self.grammars = Grammars(llm)  # structured output: compiled grammars
-        # Tools: whether the template renders tool definitions, and the call shape it teaches.
+        # Tools: whether the template renders tool definitions, and the call shape it teaches;
+        # a template that renders none gets edgellm's own format (toolprompt.py).
         self.takes_tools = tools.template_takes_tools(template)
-        self.call_format = tools.call_format(template)
+        self.call_format = tools.call_format(template) if self.takes_tools else "edgellm"
         self._tools: tuple[dict[str, Any], ...] | None = None
 
         self._llm = llm
@@ -65,13 +66,13 @@ class Prompter:
 
     @contextlib.contextmanager
     def offering(self, offered: tuple[dict[str, Any], ...] | None) -> Iterator[None]:
-        """Give the chat template these tool definitions while one request's prompt is encoded
-        (every encode inside, however it is assembled). Refused when the template takes none."""
-        if offered and not self.takes_tools:
+        """Give the prompt these tool definitions while one request's prompt is encoded (every
+        encode inside, however it is assembled): to the chat template when it renders tools,
+        else in edgellm's own format (toolprompt.py). Refused on a model without chat."""
+        if offered and self._chat_format is None:
             raise Refused(
                 ErrorCode.BAD_REQUEST,
-                f"model {self._name}'s chat template does not take tools: use a tool-capable"
-                " model (docs/MODELS.md) or a model.chat_template that renders `tools`",
+                f"model {self._name} has no chat template, so it cannot call tools",
             )
         self._tools = offered
         try:
@@ -106,6 +107,10 @@ class Prompter:
         self, prompt: str | None, messages: tuple[ChatMessage, ...] | None, system: str | None
     ) -> list[int]:
         chat: list[dict[str, Any]] = []
+        offered = self._tools if self.takes_tools else None
+        if self._tools and not self.takes_tools:
+            own = toolprompt.section(self._tools, self.gen.tool_prompt)
+            system = f"{system}\n\n{own}" if system else own
         if system:
             chat.append({"role": "system", "content": system})
         if messages is not None:
@@ -114,7 +119,7 @@ class Prompter:
             assert prompt is not None
             chat.append({"role": "user", "content": prompt})
         try:
-            text = self._chat_format(messages=chat, tools=self._tools).prompt
+            text = self._chat_format(messages=chat, tools=offered).prompt
         except Exception as err:  # the template's own raise_exception, e.g. role order
             raise Refused(
                 ErrorCode.BAD_REQUEST, f"chat template refused the messages: {err}"

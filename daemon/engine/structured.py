@@ -46,18 +46,21 @@ class Grammars:
 
     def for_request(self, req: Request, call_format: str) -> Any:
         """The grammar a request's reply must follow, or None: its json_schema, its grammar, or
-        with tool_choice "required" a call to one of its tools in the template's format."""
+        with tools a call to one of them in the template's format: with tool_choice "required"
+        only calls, with "auto" plain text or calls (the formats that mark a call: edgellm's,
+        Hermes, Mistral; a Llama 3.x call is bare JSON and stays unconstrained)."""
         if req.json_schema is not None:
             return self.for_schema(req.json_schema)
         if req.grammar is not None:
             return self.for_gbnf(req.grammar)
         offered = tools.offered(req)
-        if offered is not None and req.tool_choice == "required":
-            return self._cached(
-                f"call:{call_format}:{json.dumps(offered, sort_keys=True)}",
-                lambda: self._checked(_call_gbnf(offered, call_format), "tools"),
-            )
-        return None
+        if offered is None or (req.tool_choice != "required" and call_format not in _AUTO):
+            return None
+        choice = req.tool_choice
+        return self._cached(
+            f"call:{choice}:{call_format}:{json.dumps(offered, sort_keys=True)}",
+            lambda: self._checked(_call_gbnf(offered, call_format, choice), "tools"),
+        )
 
     def _cached(self, key: str, compile_: Callable[[], Any]) -> Any:
         grammar = self._cache.get(key)
@@ -110,18 +113,52 @@ def _schema_gbnf(schema_json: str, made_from: str = "json_schema") -> str:
 
 # Where each call format puts the call's JSON (tools.call_format); the schema's own root rule
 # is renamed edgellm-call.
-_CALL_ROOT = {
-    "hermes": 'root ::= "<tool_call>\\n" edgellm-call "\\n</tool_call>"',
-    "mistral": 'root ::= "[TOOL_CALLS][" edgellm-call "]"',
-    "json": "root ::= edgellm-call",
+_CALL_BLOCK = {
+    "edgellm": 'edgellm-block ::= "<tool_call>" edgellm-call "</tool_call>"',
+    "hermes": 'edgellm-block ::= "<tool_call>\\n" edgellm-call "\\n</tool_call>"',
+    "mistral": 'edgellm-block ::= "[TOOL_CALLS][" edgellm-call "]"',
+    "json": "edgellm-block ::= edgellm-call",
+}
+# With tool_choice "auto": text that does not start like a call, or up to four calls (a small
+# model told it may call again loops; Home Assistant asks again after each result anyway).
+_AUTO = {
+    "edgellm": ("<", 'edgellm-calls ::= edgellm-block ("\\n" edgellm-block){0,3}'),
+    "hermes": ("<", 'edgellm-calls ::= edgellm-block ("\\n" edgellm-block){0,3}'),
+    "mistral": ("[", "edgellm-calls ::= edgellm-block"),
 }
 _ROOT_RULE = re.compile(r"^root ::=", re.M)
 
 
-def _call_gbnf(offered: tuple[dict[str, Any], ...], call_format: str) -> str:
-    """A grammar for one call to one of the tools, in the template's format."""
-    body = _schema_gbnf(json.dumps(tools.call_schema(offered, call_format)), "tools")
-    return f"{_CALL_ROOT[call_format]}\n{_ROOT_RULE.sub('edgellm-call ::=', body)}"
+def _call_gbnf(offered: tuple[dict[str, Any], ...], call_format: str, choice: str) -> str:
+    """A grammar for calls to the tools in the template's format: with tool_choice "required"
+    one call, with "auto" text or calls (_AUTO)."""
+    try:
+        body = _schema_gbnf(json.dumps(tools.call_schema(offered, call_format)), "tools")
+    except SchemaError:
+        # A tool whose parameters the converter cannot take keeps its name and any object as
+        # arguments, rather than costing the request every tool.
+        body = _schema_gbnf(json.dumps(tools.call_schema(_loosened(offered), call_format)))
+    rules = [_CALL_BLOCK[call_format], _ROOT_RULE.sub("edgellm-call ::=", body)]
+    if choice == "required":
+        return "\n".join(["root ::= edgellm-block", *rules])
+    marker, calls = _AUTO[call_format]
+    # The text's first character is anything but the call's first: llama.cpp's grammar sampler
+    # then follows one branch from the first token on, and a call is never half text.
+    text = f"edgellm-text ::= [^{marker}\\x00] [^\\x00]*"
+    return "\n".join(["root ::= edgellm-calls | edgellm-text", calls, text, *rules])
+
+
+def _loosened(offered: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+    """The tools, each whose own schema cannot be a grammar given any object as arguments."""
+    out = []
+    for tool in offered:
+        try:
+            _schema_gbnf(json.dumps(tools.call_schema((tool,), "edgellm")))
+            out.append(tool)
+        except SchemaError:
+            fn = {**tool["function"], "parameters": {"type": "object"}}
+            out.append({**tool, "function": fn})
+    return tuple(out)
 
 
 def parsed(text: str) -> dict[str, Any]:

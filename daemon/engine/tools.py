@@ -17,9 +17,12 @@ import re
 import uuid
 from typing import Any
 
+from daemon.engine import toolprompt
 from daemon.requests import ChatMessage, Request, ToolCall
 
-MAX_TOOLS = 32
+# Home Assistant offers an intent tool per exposed kind of device, one per exposed script, and
+# its own (GetLiveContext, GetDateTime ...): about 25 for a small home, more with scripts.
+MAX_TOOLS = 128
 TOOL_CHOICES = ("auto", "none", "required")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # How a call starts in each shape: a streamed reply that starts so is held back (CallGate).
@@ -90,36 +93,60 @@ def call_format(template: str | None) -> str:
 
 
 def template_message(m: ChatMessage, takes_tools: bool) -> dict[str, Any]:
-    """A message as chat templates read it. A template without tools gets a tool result as a
-    user turn and an assistant's calls as JSON text, so the context is not lost."""
+    """A message as chat templates read it. A template without tools gets calls and results
+    in edgellm's own format (toolprompt.message), so the context is not lost."""
+    if not takes_tools:
+        return toolprompt.message(m)
     if m.role == "tool":
-        if not takes_tools:
-            return {"role": "user", "content": m.content}
         return {"role": "tool", "content": m.content, "tool_call_id": m.tool_call_id or ""}
     out: dict[str, Any] = {"role": m.role, "content": m.content}
-    if not m.tool_calls:
-        return out
-    if takes_tools:
+    if m.tool_calls:
         out["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in m.tool_calls
         ]
-    else:
-        calls = [json.dumps({"name": c.name, "arguments": c.arguments}) for c in m.tool_calls]
-        out["content"] = "\n".join([m.content, *calls]).strip()
+    return out
+
+
+# Keys that only constrain (no shape): a member of anyOf made of these alone says "one of these
+# keys is required", which a grammar of the shape need not say (Home Assistant's timer tools
+# send {"anyOf": [{"required": ["hours"]}, ...]}, which llama-cpp-python's converter refuses).
+_CONSTRAINT_KEYS = {"required", "description", "title", "minProperties", "maxProperties"}
+_SHAPE_KEYS = {"type", "properties", "enum", "const", "anyOf", "oneOf", "items", "$ref"}
+
+
+def grammar_schema(schema: Any) -> Any:
+    """A tool's parameter schema as the grammar converter takes it: constraint-only anyOf/oneOf
+    dropped, allOf members merged (HA: a percentage is allOf[integer, 0-100])."""
+    if isinstance(schema, list):
+        return [grammar_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: grammar_schema(v) for k, v in schema.items() if k not in ("anyOf", "oneOf", "allOf")}
+    for key in ("anyOf", "oneOf"):
+        members = schema.get(key)
+        if isinstance(members, list) and not all(
+            isinstance(m, dict) and set(m) <= _CONSTRAINT_KEYS for m in members
+        ):
+            out[key] = grammar_schema(members)
+    for member in schema.get("allOf") or ():
+        if isinstance(member, dict):
+            out = {**grammar_schema(member), **out}
+    if not set(out) & _SHAPE_KEYS:  # only a description (HA's mute flag): any JSON value
+        out["type"] = ["string", "number", "boolean", "object", "array", "null"]
     return out
 
 
 def call_schema(tools: tuple[dict[str, Any], ...], fmt: str) -> dict[str, Any]:
     """The JSON schema of one call to any of these tools, in the format's key names."""
-    key = "parameters" if fmt == "json" else "arguments"
+    key = "parameters" if fmt == "json" else "arguments"  # hermes, mistral, edgellm
     return {
         "anyOf": [
             {
                 "type": "object",
                 "properties": {
                     "name": {"const": t["function"]["name"]},
-                    key: t["function"]["parameters"],
+                    key: grammar_schema(t["function"]["parameters"]),
                 },
                 "required": ["name", key],
             }

@@ -52,8 +52,7 @@ class Engine:
         memory: SessionMemory | None = None,
     ):
         self._path = model_path
-        # Weight repacking (llama.cpp's extra buffer types): off unless the CPU probe said it
-        # runs here (daemon/cpuprobe.py); off is always safe, only slower on some CPUs.
+        # Weight repacking: off unless the CPU probe said it runs here (cpuprobe.py).
         self._repack = repack
         self._policy = policy or PolicyConfig()
         self._classifier = classifier
@@ -271,7 +270,6 @@ class Engine:
             self.memory.prime(self._llm, self._prompter)
         with self._lock:
             self._current = job
-        # Limits asked for while waiting apply before the next job starts.
         self._checkpoint("limits")
         self._limits_now.apply_threads(self._llm)
         self._limits_now.apply_ctx(self._llm, self._warm_up)
@@ -359,6 +357,8 @@ class Engine:
         """Run one slice of the thread sweep; jobs then run at the count in effect or the best."""
         assert self._prompter is not None
         prompter = self._prompter
+        # A slice evaluates its own prompt: a long stateless prefix (HA's) is saved first.
+        self.memory.kv.prepare(self._llm, None, prompter.encode(SWEEP_PROMPT, None, None))
         threads = self._tuner.step(
             self._llm,
             lambda: prompter.encode(SWEEP_PROMPT, None, None),

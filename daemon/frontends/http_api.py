@@ -188,10 +188,12 @@ class HttpFrontDoor:
 
     def _ollama_generate(self, h: Handler, body: dict[str, Any]) -> None:
         if body.get("prompt") in (None, ""):
-            # ollama's way to load a model: nothing to generate, the model is loaded already.
+            # ollama's way to load a model (or, with keep_alive 0, to unload it): nothing to
+            # generate. The model is loaded already and stays loaded (docs/HTTP.md).
             ollama.check_model(self.card, body.get("model"))
+            unload = ollama.keep_alive_s(body.get("keep_alive")) == 0
             reply = {"model": self.card.tagged, "created_at": ollama.iso_now(), "response": ""}
-            h.send_json(200, {**reply, "done": True, "done_reason": "load"})
+            h.send_json(200, {**reply, "done": True, "done_reason": "unload" if unload else "load"})
             return
         req = ollama.generate_request(body, self.card, self.cfg, self._client_of(h))
         self._generate(h, req, ollama.OllamaWire(self.card.tagged, chat=False))

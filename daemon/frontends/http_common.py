@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import queue
 import time
 from dataclasses import dataclass
@@ -231,6 +232,8 @@ class Sampling:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    n_ctx: int | None = None  # the context the client asks for (ollama's num_ctx)
+    think: bool | None = None  # reasoning text wanted (True), never spoken (False), unsaid
 
 
 def number(value: Any, name: str, low: float, high: float) -> float | None:
@@ -242,8 +245,12 @@ def number(value: Any, name: str, low: float, high: float) -> float | None:
 
 
 def integer(value: Any, name: str, low: int, high: int) -> int | None:
+    """An integer field. A number with a fraction is cut to its integer part, as ollama and
+    llama-server read one (Home Assistant's options form stores num_ctx as 8192.0)."""
     if value is None:
         return None
+    if isinstance(value, float) and math.isfinite(value):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise HttpError(400, f"{name}: an integer from {low} to {high} is required")
     return value
@@ -284,6 +291,8 @@ def make_request(
         top_p=sampling.top_p,
         stop=sampling.stop,
         seed=sampling.seed,
+        n_ctx=sampling.n_ctx,
+        think=sampling.think,
         stream=StreamMode.TOKENS if stream else StreamMode.OFF,
         received_at=now,
         deadline=now + cfg.limits.request_timeout_s,

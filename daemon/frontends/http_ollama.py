@@ -3,6 +3,7 @@ into ollama's JSON, and the metadata answers from the cached ModelCard."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from daemon import __version__
@@ -100,23 +101,62 @@ def pull_lines(card: ModelCard, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _sampling(body: dict[str, Any], cfg: Config) -> Sampling:
-    """ollama's options: temperature, top_p, num_predict, stop, seed, num_ctx; others ignored."""
+    """ollama's options: temperature, top_p, num_predict, stop, seed, num_ctx; others ignored.
+    Also the body's `think` and `keep_alive`, checked as ollama checks them."""
     options = body.get("options")
     if options is None:
         options = {}
     if not isinstance(options, dict):
         raise HttpError(400, "options: an object is required")
     predict = integer(options.get("num_predict"), "options.num_predict", -2, 1 << 30)
-    # num_ctx is accepted: the context is the largest the governor allows now, whatever it asks,
-    # and a prompt that does not fit gets a 400, never a silently truncated prompt.
-    integer(options.get("num_ctx"), "options.num_ctx", 1, 1 << 30)
+    keep_alive_s(body.get("keep_alive"))
     return Sampling(
         max_tokens=predict if predict is not None and predict > 0 else None,
         temperature=number(options.get("temperature"), "options.temperature", 0.0, 5.0),
         top_p=number(options.get("top_p"), "options.top_p", 0.0, 1.0) or None,
         stop=stops(options.get("stop"), cfg),
         seed=integer(options.get("seed"), "options.seed", -(2**31), 2**32 - 1),
+        # The context grows to num_ctx between jobs as far as the model and memory allow; a
+        # prompt that still does not fit gets a 400 naming both sizes, never a cut prompt.
+        n_ctx=integer(options.get("num_ctx"), "options.num_ctx", 1, 1 << 30),
+        think=think_of(body.get("think")),
     )
+
+
+# ollama's duration units (Go's time.ParseDuration); a bare number is seconds.
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+
+
+def keep_alive_s(value: Any) -> float | None:
+    """keep_alive in every form ollama takes: seconds (-1: forever, 0: unload now), or a
+    duration such as "5m", "1h30m", "-1m". None when absent; a 400 when it is none of these.
+    The model stays loaded whatever it says: this node serves one model (docs/HTTP.md)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        text = text.lstrip("+-")
+        try:
+            return sign * float(text)
+        except ValueError:
+            pass
+        parts = _DURATION.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sign * sum(float(n) * _UNITS[u] for n, u in parts)
+    raise HttpError(400, 'keep_alive: seconds (-1: forever) or a duration such as "5m"')
+
+
+def think_of(value: Any) -> bool | None:
+    """ollama's `think`: true/false, or a level ("low", "medium", "high": on)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if value in ("low", "medium", "high"):
+        return True
+    raise HttpError(400, 'think: true, false, "low", "medium" or "high"')
 
 
 def _stream(body: dict[str, Any]) -> bool:
@@ -166,12 +206,16 @@ class OllamaWire:
         self._model = model
         self._chat = chat
 
-    def _line(self, text: str, done: bool, calls: list[Any] | None = None) -> dict[str, Any]:
+    def _line(
+        self, text: str, done: bool, calls: list[Any] | None = None, thinking: str | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self._model, "created_at": iso_now()}
         if self._chat:
             body["message"] = {"role": "assistant", "content": text}
             if calls:
                 body["message"]["tool_calls"] = calls
+            if thinking:
+                body["message"]["thinking"] = thinking
         else:
             body["response"] = text
         body["done"] = done
@@ -181,11 +225,12 @@ class OllamaWire:
         return encode(self._line(text, False)) + b"\n"
 
     def final(self, done: Done) -> bytes:
-        line = self._line("", True, structured.ollama_calls(done))
+        line = self._line("", True, structured.ollama_calls(done), done.notes.get("thinking"))
         return encode(self._summary(line, done)) + b"\n"
 
     def body(self, done: Done) -> dict[str, Any]:
-        return self._summary(self._line(done.text, True, structured.ollama_calls(done)), done)
+        calls, thinking = structured.ollama_calls(done), done.notes.get("thinking")
+        return self._summary(self._line(done.text, True, calls, thinking), done)
 
     def _summary(self, body: dict[str, Any], done: Done) -> dict[str, Any]:
         t = done.timings
@@ -195,7 +240,9 @@ class OllamaWire:
             done_reason="stop" if done.finish_reason == "tool_calls" else done.finish_reason,
             total_duration=int(t.total_ms * 1e6),
             load_duration=int(t.queue_ms * 1e6),
-            prompt_eval_count=done.usage.prompt_tokens,
+            # What ollama counts: the prompt tokens evaluated for this request, not those its
+            # KV cache already held (docs/HTTP.md).
+            prompt_eval_count=done.usage.prompt_tokens - done.usage.cached_tokens,
             prompt_eval_duration=int(prefill_ms * 1e6),
             eval_count=done.usage.completion_tokens,
             eval_duration=int(max(0.0, t.total_ms - t.ttft_ms) * 1e6),

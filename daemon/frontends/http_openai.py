@@ -66,6 +66,7 @@ def chat_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str
         top_p=number(body.get("top_p"), "top_p", 0.0, 1.0) or None,
         stop=stops(body.get("stop"), cfg),
         seed=integer(body.get("seed"), "seed", 0, 2**32 - 1),
+        think=_think(body),
     )
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
@@ -74,25 +75,41 @@ def chat_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str
     return structured.structured(req, schema, offered, choice)
 
 
+def _think(body: dict[str, Any]) -> bool | None:
+    """Reasoning wanted? OpenAI's reasoning_effort ("none": off) or llama-server's
+    chat_template_kwargs.enable_thinking. Unsaid: reasoning_content carries it, as there."""
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        return effort != "none"
+    kwargs = body.get("chat_template_kwargs")
+    enable = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
+    return enable if isinstance(enable, bool) else None
+
+
 def include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _usage(done: Done) -> dict[str, int]:
+def _usage(done: Done) -> dict[str, Any]:
+    """OpenAI's usage: every prompt token, of which cached_tokens came from the KV cache."""
     u = done.usage
     return {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     }
 
 
 def _message(done: Done) -> dict[str, Any]:
     calls = structured.openai_calls(done)
-    if not calls:
-        return {"role": "assistant", "content": done.text}
-    return {"role": "assistant", "content": done.text or None, "tool_calls": calls}
+    message: dict[str, Any] = {"role": "assistant", "content": done.text}
+    if calls:
+        message.update(content=done.text or None, tool_calls=calls)
+    if done.notes.get("thinking"):
+        message["reasoning_content"] = done.notes["thinking"]  # llama-server's field
+    return message
 
 
 class OpenAIWire:
@@ -132,8 +149,19 @@ class OpenAIWire:
     def final(self, done: Done) -> bytes:
         out = b""
         calls = structured.openai_calls(done, index=True)
-        if calls:  # the calls in one delta at the end, as a whole
-            out += self._event(self._chunk(self._role({"tool_calls": calls}), None))
+        thinking = done.notes.get("thinking")
+        if thinking or (self._first and not calls):
+            # Nothing was streamed (an empty reply): the role still comes first, with an empty
+            # content, as OpenAI and llama-server send it (Home Assistant's reader takes a
+            # stream without a role for no response at all).
+            delta: dict[str, Any] = {"content": ""} if self._first else {}
+            if thinking:
+                delta["reasoning_content"] = thinking
+            out += self._event(self._chunk(self._role(delta), None))
+        for call in calls:
+            # One call per chunk, with its index and id: Home Assistant's stream reader takes
+            # only delta.tool_calls[0] of each chunk.
+            out += self._event(self._chunk(self._role({"tool_calls": [call]}), None))
         out += self._event(self._chunk({}, done.finish_reason))
         if self._usage:
             last = {**self._chunk({}, None), "choices": [], "usage": _usage(done)}

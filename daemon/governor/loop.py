@@ -19,6 +19,7 @@ from daemon.governor.policy import (
     Decision,
     Limits,
     ModelFacts,
+    ctx_max_of,
     decide,
     kv_bytes_per_token,
     kv_state_budget,
@@ -102,7 +103,7 @@ class Steering:
     ):
         profile = boards.detect(cfg.monitor.sysfs_root)
         self.board = profile.name
-        self.gcfg = boards.resolve(cfg.governor, profile, n_ctx=cfg.model.n_ctx)
+        self.gcfg = boards.resolve(cfg.governor, profile, n_ctx=ctx_max_of(cfg))
         self._engine = engine
         self._sensors = sensors
         self._publish = publish
@@ -135,7 +136,9 @@ class Steering:
     def reconfigure(self, cfg: Config) -> None:
         """New governor settings after a reload; the next tick uses them."""
         self.gcfg = boards.resolve(
-            cfg.governor, boards.detect(cfg.monitor.sysfs_root), n_ctx=cfg.model.n_ctx
+            cfg.governor,
+            boards.detect(cfg.monitor.sysfs_root),
+            n_ctx=ctx_max_of(cfg),
         )
         # The floor is the facts' too (set at start): lowering it must lower both.
         self.facts = replace(self.facts, min_threads=self.gcfg.min_threads)

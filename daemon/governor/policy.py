@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 from daemon.config import GovernorConfig
 from daemon.governor import boards
@@ -208,6 +209,29 @@ def largest_fitting(low: int, high: int, kv_per_token: int, budget: float) -> in
     if stepped >= low:
         return stepped
     return low if most >= low else None
+
+
+# model.n_ctx auto: never more than this at start (a 128k-token model would otherwise take
+# gigabytes of KV cache for prompts that never come). Home Assistant's Assist prompt with 25
+# tools and a long answer takes about 6k. A request's num_ctx may grow it further.
+AUTO_CTX_MAX = 16384
+
+
+def ctx_max_of(cfg: Any) -> int:
+    """The context the governor may grow to by default: model.n_ctx, or the auto cap."""
+    return int(cfg.model.n_ctx or AUTO_CTX_MAX)
+
+
+def start_context(n_ctx_train: int, kv_per_token: int, headroom: int | None, margin: int) -> int:
+    """The context to load with when model.n_ctx is auto: the model's training length, at most
+    AUTO_CTX_MAX, as large as the memory free now allows while twice the margin stays free
+    (as _context aims for); 512 at least."""
+    high = min(n_ctx_train or AUTO_CTX_MAX, AUTO_CTX_MAX)
+    low = min(512, high)
+    if headroom is None:
+        return high
+    fit = largest_fitting(low, high, kv_per_token, headroom - 2 * margin)
+    return fit if fit is not None else low
 
 
 def _context(

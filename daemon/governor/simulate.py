@@ -8,7 +8,7 @@ from pathlib import Path
 
 from daemon.config import Config
 from daemon.governor import boards
-from daemon.governor.policy import Limits, ModelFacts, decide
+from daemon.governor.policy import Limits, ModelFacts, ctx_max_of, decide
 from daemon.governor.replay import ReplaySensors
 from daemon.governor.snapshot import LoadAware, SensorSource, Snapshot
 from daemon.governor.sources import make_sensors
@@ -72,7 +72,7 @@ def simulate(
             monitor = monitor.model_copy(update={"source": "sim"})
         sensors = make_sensors(monitor, clock=clock)
     profile = boards.detect(cfg.monitor.sysfs_root)
-    gcfg = boards.resolve(cfg.governor, profile, n_ctx=cfg.model.n_ctx)
+    gcfg = boards.resolve(cfg.governor, profile, n_ctx=ctx_max_of(cfg))
     ceiling = start_threads or gcfg.max_threads or profile.max_threads or 4
     facts = facts or ModelFacts(
         kv_bytes_per_token=_DEFAULT_KV_PER_TOKEN,
@@ -80,7 +80,7 @@ def simulate(
         thread_ceiling=ceiling,
         min_threads=gcfg.min_threads,
     )
-    limits = Limits(threads=facts.thread_ceiling, n_ctx=cfg.model.n_ctx, admit=True)
+    limits = Limits(threads=facts.thread_ceiling, n_ctx=ctx_max_of(cfg), admit=True)
     history: list[Snapshot] = []
     rows: list[Row] = []
     while clock.now <= duration_s:

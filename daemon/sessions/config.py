@@ -29,12 +29,13 @@ class SessionsConfig(Section):
         3600.0, ge=10, le=30 * 86400, description="A session unused this long is forgotten."
     )
     kv_budget_mb: int = Field(
-        64,
+        256,
         ge=0,
         le=65536,
-        description="Memory for saved KV states of sessions not in the live context (0: none "
-        "saved; a follow-up then re-evaluates its history). The governor lowers it when "
-        "memory is short.",
+        description="Memory for saved KV states of sessions and of stateless clients' long "
+        "prefixes not in the live context (0: none saved; a follow-up then re-evaluates its "
+        "history). Home Assistant's 5k-token prefix takes about 115 MB with SmolLM2-135M. The "
+        "governor lowers it when memory is short.",
     )
     persist: Path | None = Field(
         None,
