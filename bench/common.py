@@ -231,10 +231,13 @@ def outcomes(tally: Tally, rids: Iterable[str]) -> dict[str, Any]:
 def settle(d: Daemon, timeout: float = 120.0) -> bool:
     """Wait for the daemon's start-up thread sweep to end, so that what is measured is the load
     and not the sweep (it holds the worker a second or more per thread count). False if it did
-    not end within timeout (or the sweep is off)."""
+    not end within timeout (or the sweep is off). The sweep measures prompt processing after
+    decode unless model.n_threads_batch is set."""
+    fixed_batch = d.config().get("model", {}).get("n_threads_batch") is not None
+    last = "thread_sweep" if fixed_batch else "prefill_sweep"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(e.get("event") in ("thread_sweep", "thread_sweep_failed") for e in d.log_events()):
+        if any(e.get("event") in (last, "thread_sweep_failed") for e in d.log_events()):
             return True
         time.sleep(0.2)
     return False

@@ -352,6 +352,7 @@ def start_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
         "model": {"n_threads": args.threads},
         "governor": {"thread_sweep": False},
         "limits": {"max_tokens": 3000},  # llama_cpp's max_tokens, honoured rather than capped
+        "generation": {"tool_prompt": args.tool_prompt},
     }
     if args.api_key:
         settings["http"] = {"api_key": args.api_key}
@@ -376,6 +377,9 @@ def main() -> None:
     ap.add_argument("--between", action="store_true", help="an unrelated request before each")
     ap.add_argument("--threads", type=int, default=cpus.usable())
     ap.add_argument("--json", type=Path, default=None, help="write all rows here")
+    ap.add_argument(
+        "--tool-prompt", choices=["compact", "json"], default="compact", help="--start-edgellm's"
+    )
     start = ap.add_mutually_exclusive_group()
     start.add_argument("--start-edgellm", action="store_true")
     start.add_argument("--start-llama-server", action="store_true")

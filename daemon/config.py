@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from daemon.config_base import NODE_ID as _NODE_ID
 from daemon.config_base import Section as _Section
+from daemon.config_engine import GenerationConfig, ModelConfig
 from daemon.config_frontends import (
     ENV_HTTP_KEY,
     FleetConfig,
@@ -30,6 +31,7 @@ ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
 _TOPIC_LEVEL_FORBIDDEN = re.compile(r"[+#\x00]")
 # Sections defined beside this module, part of its interface.
 __all__ = ["ENV_HTTP_KEY", "FleetConfig", "HomeAssistantConfig", "HttpConfig", "WyomingConfig"]
+__all__ += ["GenerationConfig", "ModelConfig"]
 
 
 class ConfigError(Exception):
@@ -79,54 +81,6 @@ class MqttConfig(_Section):
         if self.password is not None and self.password_file is not None:
             raise ValueError("set either password or password_file, not both")
         return self
-
-
-class ModelConfig(_Section):
-    name: str = Field(
-        "smollm2-135m",
-        min_length=1,
-        description="Catalog name, local path, https URL or hf:owner/repo/file.gguf.",
-    )
-    dir: Path | None = Field(None, description="Where models live; default the XDG data dir.")
-    n_ctx: int | None = Field(
-        None, ge=128, le=131072, description="Context length; None: the model's, as memory allows."
-    )
-    n_threads: int | None = Field(
-        None, ge=1, le=256, description="Generation threads; default the physical core count."
-    )
-    n_batch: int = Field(256, ge=8, le=8192, description="Prompt-processing batch size.")
-    kv_type: Literal["f16", "q8_0"] = Field("f16", description="KV cache type (q8_0: half).")
-    flash_attn: bool = Field(False, description="llama.cpp's flash attention.")
-    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all).")
-    chat_template: str | None = Field(
-        None, description="Jinja chat template overriding the model's own."
-    )
-    cpu_repack: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Repack weights for the CPU's fastest kernels (llama.cpp's extra buffer "
-        "types: AMX, aarch64). auto: probe once in a child process, fall back to off if it dies.",
-    )
-
-
-class GenerationConfig(_Section):
-    """Defaults for each request's sampling settings; a request may override them."""
-
-    max_tokens: int = Field(256, ge=1, description="Tokens to generate when a request says none.")
-    temperature: float = Field(0.7, ge=0.0, le=5.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
-    repeat_penalty: float = Field(1.1, ge=0.0, le=5.0)
-    system: str | None = Field(None, description="System prompt used when a request has none.")
-    stream_interval_ms: int = Field(
-        40,
-        ge=0,
-        le=5000,
-        description="Streamed tokens: at most one delta message per this many ms (the tokens "
-        "between are joined; the first goes at once); 0: one per token.",
-    )
-    tool_prompt: Literal["compact", "json"] = Field(
-        "compact", description="Tools for a template without any: a line each, or JSON."
-    )
 
 
 class LimitsConfig(_Section):

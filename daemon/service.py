@@ -88,6 +88,9 @@ class Service:
                 details["thread_sweep"] = {
                     str(n): tps for n, tps in engine.sweep.tokens_per_s.items()
                 }
+                if (batch := engine.sweep.batch_tokens_per_s) is not None:
+                    details["prefill_sweep"] = {str(n): tps for n, tps in batch.items()}
+                details["threads_batch"] = engine.threads_batch
         if self.verdict is not None:
             details["cpu_repack"] = self.verdict.repack
         details["request_topic"] = self.topics.request

@@ -55,7 +55,7 @@ def test_status_is_retained_online_with_details(daemon: Daemon):
 
     status = poll(swept, 30 + 2 * (os.cpu_count() or 1), "a status with the sweep", every=0.2)
     assert status["model"] == "smollm2-135m"
-    assert status["n_ctx"] == 2048
+    assert status["n_ctx"] == 8192  # model.n_ctx auto: SmolLM2's own length, memory allowing
     assert status["threads"] >= 1
     # The thread sweep ran at start and its figures are published; the pick is one of them.
     sweep = status["thread_sweep"]
@@ -243,7 +243,7 @@ def test_prompt_longer_than_the_context_is_too_long(client: Client, daemon: Daem
     err = ask(client, daemon, {"prompt": words})[-1].body
     assert err["type"] == "error"
     assert err["code"] == "too_long"
-    assert "context holds 2048" in err["message"]
+    assert "the context holds 8192" in err["message"]  # auto: the model's own length
 
 
 def test_cancel_stops_a_running_generation(client: Client, daemon: Daemon):

@@ -116,7 +116,7 @@ def test_tight_memory_shrinks_the_context_and_critical_memory_refuses(
             assert time.monotonic() < deadline
             time.sleep(0.3)
         rebuilt = [e for e in d.log_events() if e.get("event") == "context_rebuilt"]
-        assert rebuilt and rebuilt[0]["old"] == 2048 and rebuilt[0]["new"] == 512  # ctx_min
+        assert rebuilt and rebuilt[0]["old"] > 512 and rebuilt[0]["new"] == 512  # ctx_min
         telemetry_until(client, d, lambda b: b["admit"] is False)
         refused = ask(client, d, {"prompt": "Say hello.", "max_tokens": 4})
         assert refused["type"] == "error" and refused["code"] == "busy"

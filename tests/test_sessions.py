@@ -367,7 +367,7 @@ def test_the_governor_loop_applies_the_kv_state_budget_each_tick():
     info = ModelInfo("m", "/m", 1, 2048, 8192, 2, 2, True, {})
     steering = Steering(cfg, engine, info, sensors, lambda body: None)  # type: ignore[arg-type]
     steering.tick()
-    assert engine.memory.kv.budget_bytes == 64 * MIB  # plenty of memory: the configured budget
+    assert engine.memory.kv.budget_bytes == 256 * MIB  # plenty of memory: the configured budget
     sensors.available = 260 * MIB
     steering.tick()
     assert engine.memory.kv.budget_bytes == 30 * MIB  # half of (260 - 2 x 100)

@@ -158,12 +158,13 @@ def test_a_fault_halfway_through_a_context_rebuild_is_repaired(model_path, stopp
         real(llm, n_ctx)
 
     monkeypatch.setattr(llama_compat, "rebuild_context", breaks_once)
+    start = engine.n_ctx
     engine.set_limits(n_ctx=1024)
     held = submit(engine)
     assert answer(held)["code"] == "internal"
     assert answer(submit(engine))["type"] == "done"
-    assert calls == [1024, 2048]
-    assert engine.native_limits()[1] == 2048 == engine.n_ctx
+    assert calls == [1024, start]  # repaired at the last size in force
+    assert engine.native_limits()[1] == start == engine.n_ctx
     assert not engine.failed.is_set()
 
 

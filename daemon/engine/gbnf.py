@@ -14,6 +14,10 @@ import re
 from dataclasses import dataclass, field
 
 MAX_CHARS = 16 * 1024
+# A grammar edgellm builds from a request's tools or JSON schema grows with them (Home Assistant's
+# 26 Assist tools of a small home: 48k characters); their size is bounded by the body and tool
+# limits. llama.cpp parses one this size in milliseconds.
+MAX_BUILT_CHARS = 1024 * 1024
 # Parentheses nest at most this deep: llama.cpp's parser recurses once per level on the C stack.
 MAX_NESTING = 32
 # llama.cpp's MAX_REPETITION_THRESHOLD: a larger {m,n} is refused there too.
@@ -243,10 +247,10 @@ class _Parser:
             raise self.fail(f"a repetition of more than {MAX_REPEAT}")
 
 
-def check(text: str) -> None:
+def check(text: str, limit: int = MAX_CHARS) -> None:
     """Raise GrammarError saying what is wrong with a GBNF grammar, or return."""
-    if len(text) > MAX_CHARS:
-        raise GrammarError(f"grammar: {len(text)} characters; the limit is {MAX_CHARS}")
+    if len(text) > limit:
+        raise GrammarError(f"grammar: {len(text)} characters; the limit is {limit}")
     if "\x00" in text:
         raise GrammarError("grammar: NUL characters are not allowed")
     _Parser(text).grammar()

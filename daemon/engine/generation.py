@@ -31,6 +31,7 @@ class Measured:
     tokens_per_s: float  # decode after the first token; 0 when too short to say
     prefill_per_s: float | None  # None when too few fresh prompt tokens to say
     tokens: int = 0  # tokens generated
+    fresh: int = 0  # prompt tokens evaluated (not taken from the cache)
 
 
 def common_prefix(cached: Any, tokens: list[int]) -> int:
@@ -338,7 +339,7 @@ class Generation:
         )
         if turns is not None:
             self._memory.after_turn(self.req, turns)  # primed once the worker is idle
-        return Measured(timings.tokens_per_s, prefill, self._n_out)
+        return Measured(timings.tokens_per_s, prefill, self._n_out, fresh)
 
     def _settle_calls(self) -> str:
         """The reply's text outside its tool calls; the calls go in the notes (tools.py)."""

@@ -18,7 +18,8 @@ class LiveLimits:
 
     Other threads only write the wanted values; the worker applies them at a safe point:
     threads between tokens (llama_set_n_threads, microseconds), the context between jobs (a
-    rebuild of the KV cache).
+    rebuild of the KV cache). Prefill threads follow the decode count through `batch_of`
+    (the thread sweep's rule, tuning.ThreadTuner.batch_threads).
     """
 
     def __init__(self) -> None:
@@ -26,6 +27,7 @@ class LiveLimits:
         self.want_ctx: int | None = None
         self.threads = 0
         self.n_ctx = 0
+        self.batch_of: Callable[[int], int] = lambda threads: threads
 
     def _claim(self, wanted: str, current: int) -> int | None:
         """Take the value asked for under `wanted` (clearing it); None if none or no change."""
@@ -40,14 +42,21 @@ class LiveLimits:
         if want is None:
             return
         t0 = time.perf_counter()
-        llama_compat.set_threads(llm, want)
+        batch = self.batch_of(want)
+        llama_compat.set_threads(llm, want, batch)
         log.info(
             "threads_changed",
             old=self.threads,
             new=want,
+            batch=batch,
             cost_us=round((time.perf_counter() - t0) * 1e6, 1),
         )
         self.threads = want
+
+    def set_now(self, llm: Any, threads: int) -> None:
+        """The worker's own change (the thread sweep's count): applied at once."""
+        llama_compat.set_threads(llm, threads, self.batch_of(threads))
+        self.threads = threads
 
     def apply_ctx(self, llm: Any, warm_up: Callable[[], float]) -> None:
         want = self._claim("want_ctx", self.n_ctx)

@@ -133,18 +133,16 @@ def native_limits(llm: Any) -> tuple[int, int]:
     return llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_ctx(ctx)
 
 
-def set_threads(llm: Any, n: int) -> None:
-    """Change the context's thread count in place (llama_set_n_threads): no reload.
-
-    Tested: 0.3.36.
+def set_threads(llm: Any, n: int, n_batch: int | None = None) -> None:
+    """Change the context's decode and prompt-processing thread counts in place
+    (llama_set_n_threads: no reload); n_batch None: prefill on n too. Tested: 0.3.36.
     """
-    # Prompt processing follows the same count: with more threads than the decode count the
-    # sweep chose, a core taken by another process makes prefill crawl (10 s instead of 0.4 s
-    # seen here), for the same reason decode does.
-    llm._ctx.set_n_threads(n, n)
-    llm.context_params.n_threads_batch = n
+    n_batch = n if n_batch is None else n_batch
+    llm._ctx.set_n_threads(n, n_batch)
+    llm.context_params.n_threads_batch = n_batch
     llm.context_params.n_threads = n
     llm.n_threads = n
+    llm.n_threads_batch = n_batch
 
 
 def rebuild_context(llm: Any, n_ctx: int) -> None:

@@ -45,7 +45,8 @@ def load(
         # auto (None): loaded at this, then sized to the model and memory (worker.py)
         n_ctx=mcfg.n_ctx or AUTO_LOAD_CTX,
         n_threads=n_threads,
-        n_threads_batch=n_threads,  # prefill follows decode (llama_compat.set_threads)
+        # until the sweep measures prefill (engine/tuning.py), it runs on the decode count
+        n_threads_batch=mcfg.n_threads_batch or n_threads,
         n_batch=mcfg.n_batch,
         flash_attn=mcfg.flash_attn,
         type_k=KV_TYPES[mcfg.kv_type],

@@ -78,7 +78,7 @@ class Grammars:
 
         why = None
         try:
-            gbnf.check(text)
+            gbnf.check(text, gbnf.MAX_CHARS if made_from is None else gbnf.MAX_BUILT_CHARS)
         except gbnf.GrammarError as err:
             why = str(err)
         if (

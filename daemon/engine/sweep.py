@@ -14,7 +14,16 @@ while another process was busy could lock the daemon at half speed for its life.
 - the CPU time other processes take during a slice is read too: a sweep that saw such load
   is measured again later (the engine backs off), so a busy start cannot lock the daemon at
   the count that was best only while something else ran;
-- `Sweeper` is pure bookkeeping (plan, samples, verdict); `measure_slice` is the I/O.
+- a tie that costs a core (fewer threads within NEAR_BEST of the fastest count, but not it) is
+  confirmed before it wins: both counts are sampled CONFIRM_ROUNDS times more, interleaved. One
+  depressed sample of the faster count (seen here: 135.0 tok/s at 2 threads, which usually give
+  142-147, against 132.3 at 1) otherwise kept the daemon at ~75 % speed for good;
+- prompt processing is swept the same way once decode is (`measure_prefill`): a prompt is
+  one big matrix product per layer and keeps gaining from cores that decode cannot use (a Pi
+  5 decodes fastest on 2 threads and prefills fastest on 4), so it gets its own count
+  (llama.cpp's n_threads_batch), stepped down with decode by the governor (`batch_threads`);
+- `Sweeper` is pure bookkeeping (plan, samples, verdict); `measure_slice` and
+  `measure_prefill` are the I/O.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ COLLAPSE = 0.6
 CONTENDED_CORES = 0.3
 # Within this share of the fastest count, fewer threads win (cooler, and a core to spare).
 NEAR_BEST = 0.97
+# Extra samples of each side of a tie that costs a core, before fewer threads win it.
+CONFIRM_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,9 @@ class SweepResult:
     samples: int = 0  # slices measured in all
     collapsed: int = 0  # samples taken as contention (each measured again)
     contended: int = 0  # slices during which other processes were busy (CONTENDED_CORES)
+    # Prompt processing: tokens/s per thread count and the count chosen (None: not swept yet).
+    batch_tokens_per_s: dict[int, float] | None = None
+    best_batch: int | None = None
 
 
 class Sweeper:
@@ -59,6 +73,7 @@ class Sweeper:
         self.collapsed = 0
         self.contended = 0
         self._extra_left = max_extra if max_extra is not None else 2 * len(self.counts)
+        self._confirmed = False
 
     def next_count(self) -> int | None:
         """The thread count to measure next; None when the sweep is done."""
@@ -77,15 +92,26 @@ class Sweeper:
             if self._extra_left > 0:
                 self._extra_left -= 1
                 self._plan.append(n)
+        if not self._plan and not self._confirmed:
+            self._confirmed = True
+            fewer, fastest = self._choice()
+            if fewer != fastest:
+                self._plan.extend([fastest, fewer] * CONFIRM_ROUNDS)
 
     @property
     def done(self) -> bool:
         return not self._plan
 
-    def result(self) -> SweepResult:
+    def _choice(self) -> tuple[int, int]:
+        """(the fewest threads within NEAR_BEST of the fastest count, the fastest count)."""
         figures = {n: max(s) for n, s in self.samples.items() if s}
         top = max(figures.values())
-        best = min(n for n, tps in figures.items() if tps >= NEAR_BEST * top)
+        fastest = max(figures, key=lambda n: figures[n])
+        return min(n for n, tps in figures.items() if tps >= NEAR_BEST * top), fastest
+
+    def result(self) -> SweepResult:
+        figures = {n: max(s) for n, s in self.samples.items() if s}
+        best, _ = self._choice()
         total = sum(len(s) for s in self.samples.values())
         return SweepResult(
             {n: round(t, 1) for n, t in figures.items()},
@@ -160,7 +186,68 @@ def measure_slice(
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), load.cores()
 
 
+# Tokens one prefill sample evaluates: about half a second of decode at the measured speed,
+# within these bounds. A prefill cannot stop halfway, so a job that arrives waits for it
+# (~0.1 s for SmolLM2-135M here).
+PREFILL_MIN_TOKENS = 16
+PREFILL_MAX_TOKENS = 128
+
+
+def prefill_tokens(decode_tokens_per_s: float) -> int:
+    return max(PREFILL_MIN_TOKENS, min(PREFILL_MAX_TOKENS, int(decode_tokens_per_s * 0.5)))
+
+
+def measure_prefill(
+    llm: Any,
+    prompt: list[int],
+    threads: int,
+    beat: Callable[[], None],
+    abandon: Callable[[], bool],
+    tokens: int = 64,
+) -> tuple[float, float | None] | None:
+    """Prompt-processing tokens/s at `threads` (set for prefill; decode keeps its count), and
+    the cores other processes used meanwhile; None when a job is waiting.
+
+    Evaluates `tokens` tokens (the prompt's, repeated) as one batch after the prompt, which
+    stays cached: nothing else is evaluated again. The next job's prefix match drops them.
+    """
+    if abandon():
+        return None
+    llama_compat.set_threads(llm, llm.n_threads, threads)
+    cached = list(llama_compat.cached_tokens(llm))
+    if cached[: len(prompt)] != prompt or len(prompt) + tokens + 1 > llm.n_ctx():
+        llm.reset()
+        llm.eval(prompt)
+    llm.n_tokens = len(prompt)  # eval() drops the cache past n_tokens first
+    chunk = (prompt * (tokens // max(1, len(prompt)) + 1))[:tokens]
+    load = OtherLoad()
+    t0 = time.perf_counter()
+    llm.eval(chunk)
+    seconds = time.perf_counter() - t0
+    beat()
+    return tokens / seconds, load.cores()
+
+
+def batch_threads(threads: int, ceiling: int, best_batch: int | None) -> int:
+    """Prefill threads while decode runs at `threads` of the sweep's `ceiling`: the measured
+    best, stepped down one for each step the governor took decode down (heat, memory)."""
+    if best_batch is None:
+        return threads
+    return max(1, best_batch - max(0, ceiling - threads))
+
+
 def disagrees(result: SweepResult, threads: int, live_tokens_per_s: float) -> bool:
     """Whether a live decode at `threads` is far slower than the sweep measured there."""
     predicted = result.tokens_per_s.get(threads)
     return predicted is not None and live_tokens_per_s < 0.7 * predicted
+
+
+def beaten(result: SweepResult, threads: int, live_tokens_per_s: float) -> bool:
+    """Whether `threads` won a tie against a count with more threads that measured faster,
+    and a live decode at `threads` is slower than that count measured: the tie was not real,
+    or no longer is."""
+    own = result.tokens_per_s.get(threads)
+    return own is not None and any(
+        n > threads and tps > own and live_tokens_per_s < tps
+        for n, tps in result.tokens_per_s.items()
+    )

@@ -122,7 +122,11 @@ def grammar_schema(schema: Any) -> Any:
         return [grammar_schema(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: grammar_schema(v) for k, v in schema.items() if k not in ("anyOf", "oneOf", "allOf")}
+    out = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf", "allOf")}
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: grammar_schema(v) for k, v in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = grammar_schema(out["items"])
     for key in ("anyOf", "oneOf"):
         members = schema.get(key)
         if isinstance(members, list) and not all(

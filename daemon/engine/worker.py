@@ -79,7 +79,8 @@ class Engine:
         # Set (with a reason) when the worker cannot go on: the service goes offline and exits.
         self.failure: str | None = None
         self.failed = threading.Event()
-        self._tuner = ThreadTuner(clock)
+        self._tuner = ThreadTuner(clock, fixed_batch=model_cfg.n_threads_batch)
+        self._limits_now.batch_of = self._tuner.batch_threads
         self.memory = memory or SessionMemory(None, KvStates(0))  # sessions: turns, KV states
 
     # -- called from other threads -------------------------------------------------------------
@@ -349,6 +350,10 @@ class Engine:
         return self._limits_now.threads
 
     @property
+    def threads_batch(self) -> int:
+        return self._limits_now.batch_of(self._limits_now.threads)  # prompt processing's
+
+    @property
     def n_ctx(self) -> int:
         """The context length in effect."""
         return self._limits_now.n_ctx
@@ -356,18 +361,12 @@ class Engine:
     def _sweep_slice(self) -> None:
         """Run one slice of the thread sweep; jobs then run at the count in effect or the best."""
         assert self._prompter is not None
-        prompter = self._prompter
-        # A slice evaluates its own prompt: a long stateless prefix (HA's) is saved first.
-        self.memory.kv.prepare(self._llm, None, prompter.encode(SWEEP_PROMPT, None, None))
-        threads = self._tuner.step(
-            self._llm,
-            lambda: prompter.encode(SWEEP_PROMPT, None, None),
-            self.threads,
-            lambda: setattr(self, "heartbeat", self._clock()),
-            lambda: bool(len(self._queue)) or self._stop.is_set(),
-        )
-        llama_compat.set_threads(self._llm, threads)
-        self._limits_now.threads = threads
+        prompt = self._prompter.encode(SWEEP_PROMPT, None, None)
+        self.memory.kv.prepare(self._llm, None, prompt)  # a stateless prefix (HA's) is saved
+        beat = lambda: setattr(self, "heartbeat", self._clock())  # noqa: E731
+        abandon = lambda: bool(len(self._queue)) or self._stop.is_set()  # noqa: E731
+        threads = self._tuner.step(self._llm, lambda: prompt, self.threads, beat, abandon)
+        self._limits_now.set_now(self._llm, threads)
 
     def _close(self) -> None:
         if self._llm is not None:
@@ -392,7 +391,7 @@ class Engine:
             self._rates = admission.updated(
                 self._rates, measured.tokens_per_s, measured.prefill_per_s
             )
-            self._tuner.after_job(self.threads, measured.tokens, measured.tokens_per_s)
+            self._tuner.after(self.threads, self.threads_batch, measured)
 
     def _on_token(self, now: float) -> None:
         self.heartbeat = now

@@ -80,7 +80,8 @@ def simulate(
         thread_ceiling=ceiling,
         min_threads=gcfg.min_threads,
     )
-    limits = Limits(threads=facts.thread_ceiling, n_ctx=ctx_max_of(cfg), admit=True)
+    n_ctx = min(ctx_max_of(cfg), facts.n_ctx_train or ctx_max_of(cfg))
+    limits = Limits(threads=facts.thread_ceiling, n_ctx=n_ctx, admit=True)
     history: list[Snapshot] = []
     rows: list[Row] = []
     while clock.now <= duration_s:
