@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -203,7 +203,15 @@ def _requests(
     model, passed, rows = setup_llama_cpp(oai, args.model)
     streaming = passed if args.streaming == "auto" else args.streaming == "yes"
     convs = [ha_fixture.openai_calls(c, streaming, model=model) for c in range(args.conversations)]
+    if args.strip_tools:
+        # What llama-server does silently with a template that takes no tools: both servers
+        # then evaluate the same prompt (the tool results in the history stay).
+        convs = [[replace(c, kwargs=_without_tools(c.kwargs)) for c in calls] for calls in convs]
     return rows, convs
+
+
+def _without_tools(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k != "tools"}
 
 
 def replay(args: argparse.Namespace, url: str) -> list[Row]:
@@ -266,8 +274,14 @@ def _summarise(mine: list[Row]) -> dict[str, Any]:
         "followup_share_of_cold": _share(_median(follow), cold_ttft),
         "new_conversation_ttft_s": _median(opening),
         "new_conversation_share_of_cold": _share(_median(opening), cold_ttft),
+        "tool_calls_made": sum(1 for r in ok if r.tool),
         "tool_calls_parsed": sum(1 for r in ok if r.tool and r.parses),
-        "right_tool": sum(1 for r in ok if r.right),
+        # Of the calls where HA's recorded conversation called a tool: how often this model
+        # called one, and the right one; and calls made where none was expected.
+        "tool_expected": len(expected := [r for r in ok if r.expected]),
+        "tool_made_when_expected": sum(1 for r in expected if r.tool),
+        "right_tool": sum(1 for r in expected if r.right),
+        "tool_when_none_expected": sum(1 for r in ok if r.tool and not r.expected),
     }
 
 
@@ -339,7 +353,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None
 
 def start_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
     """--start-edgellm or --start-llama-server: the server's base URL on loopback."""
-    model = models.locate(models.DEFAULT_MODEL, None)
+    model = models.locate(args.edgellm_model if args.start_edgellm else models.DEFAULT_MODEL, None)
     if args.start_llama_server:
         binary = llamacpp_build.binaries()["llama-server"]
         server = JinjaServer(binary, model, args.threads, args.api_key)
@@ -349,7 +363,7 @@ def start_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
     broker = Broker(free_port(), tmp).start()
     stack.callback(broker.stop)
     settings: dict[str, Any] = {
-        "model": {"n_threads": args.threads},
+        "model": {"n_threads": args.threads, "name": args.edgellm_model},
         "governor": {"thread_sweep": False},
         "limits": {"max_tokens": 3000},  # llama_cpp's max_tokens, honoured rather than capped
         "generation": {"tool_prompt": args.tool_prompt},
@@ -377,6 +391,10 @@ def main() -> None:
     ap.add_argument("--between", action="store_true", help="an unrelated request before each")
     ap.add_argument("--threads", type=int, default=cpus.usable())
     ap.add_argument("--json", type=Path, default=None, help="write all rows here")
+    ap.add_argument("--edgellm-model", default=models.DEFAULT_MODEL, help="--start-edgellm's")
+    ap.add_argument(
+        "--strip-tools", action="store_true", help="llama_cpp: send no tools (llama-server's view)"
+    )
     ap.add_argument(
         "--tool-prompt", choices=["compact", "json"], default="compact", help="--start-edgellm's"
     )

@@ -6,13 +6,22 @@ Topic and Correlation Data, keeping at most --window without a terminal reply. A
 --sample-every requests. Reports RSS at start (after the warm-up), at the end and at its highest,
 the growth, requests/s, and every terminal reply by code (lost: none within --timeout-s).
 Stops by itself: each request has --timeout-s, the whole run --deadline-s.
+
+--mix makes it the load a home sees, in every ten MQTT requests: six short ones, a session turn
+(five sessions kept by the node, their KV states saved and restored), a JSON-schema grammar, a
+Home Assistant call (its system prompt and 26 tools, bench/ha_fixture.py) and a long request
+cancelled as soon as it is sent; and beside them an HTTP client (the openai SDK) sending HA's
+first call every --http-every-s. Reports the HTTP statuses too.
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 import uuid
+from collections import Counter
+from typing import Any
 
 from bench.common import (
     Broker,
@@ -27,6 +36,43 @@ from bench.common import (
 )
 
 BODY = {"prompt": "Say hi.", "max_tokens": 4, "temperature": 0}
+SCHEMA = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
+
+
+def mixed(i: int) -> tuple[dict[str, Any], bool]:
+    """The i-th request of --mix: its body, and whether it is cancelled at once."""
+    from bench import ha_fixture
+
+    kind = i % 10
+    if kind == 6:
+        return {"session": f"soak{i % 50 // 10}", "prompt": "And then?", "max_tokens": 8}, False
+    if kind == 7:
+        return {"prompt": "A colour as JSON.", "json_schema": SCHEMA, "max_tokens": 24}, False
+    if kind == 8:
+        call = ha_fixture.openai_calls(0, streaming=False)[0].kwargs
+        body = {"messages": call["messages"], "tools": call["tools"], "max_tokens": 16}
+        return body, False
+    if kind == 9:
+        return {"prompt": "Write a long story about the sea.", "max_tokens": 400}, True
+    return BODY, False
+
+
+def http_client(port: int, every_s: float, stop: threading.Event, codes: Counter) -> None:
+    """HA's first call over the OpenAI API, every every_s, until stop."""
+    import openai
+
+    from bench import ha_fixture
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+    call = dict(ha_fixture.openai_calls(1, streaming=False)[0].kwargs, max_tokens=16)
+    while not stop.wait(every_s):
+        try:
+            client.chat.completions.create(**call, timeout=120)
+            codes["200"] += 1
+        except openai.APIStatusError as err:
+            codes[str(err.status_code)] += 1
+        except openai.APIError as err:
+            codes[type(err).__name__] += 1
 
 
 def main() -> None:
@@ -38,11 +84,18 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=60.0, help="per-request timeout")
     ap.add_argument("--deadline-s", type=float, default=3600.0, help="the whole run at most")
     ap.add_argument("--threads", type=int, default=None, help="model.n_threads (default: cores)")
+    ap.add_argument(
+        "--mix", action="store_true", help="sessions, grammars, HA tools, cancels, HTTP"
+    )
+    ap.add_argument("--http-every-s", type=float, default=2.0, help="--mix: HTTP request pace")
     args = ap.parse_args()
 
     tmp = workdir()
     broker = Broker(free_port(), tmp).start()
-    settings: dict = {"limits": {"queue_size": max(8, args.window * 2)}}
+    settings: dict = {
+        "limits": {"queue_size": max(8, args.window * 2)},
+        "policy": {"rate_limit": {"requests_per_min": None, "tokens_per_min": None}},
+    }
     if args.threads:
         settings["model"] = {"n_threads": args.threads}
     d = Daemon(broker, tmp, settings=settings).start()
@@ -53,9 +106,29 @@ def main() -> None:
     deadline = time.monotonic() + args.deadline_s
     run = uuid.uuid4().hex[:6]
     samples: list[dict] = []
+    cancel_topic = f"{d.prefix}/cancel"
+    to_cancel: set[str] = set()
+    stop_http, http_codes = threading.Event(), Counter()
+
+    def request(rid: str, i: int) -> tuple[str, str, dict[str, Any]]:
+        if not args.mix:
+            return request_topic, rid, BODY
+        body, cancel = mixed(i)
+        if cancel:
+            to_cancel.add(rid)
+        return request_topic, rid, body
+
+    def after_send(rid: str) -> None:
+        if rid in to_cancel:
+            tally.cancel(cancel_topic, rid)
+
+    if args.mix:
+        threading.Thread(
+            target=http_client, args=(d.http_port, args.http_every_s, stop_http, http_codes)
+        ).start()
     try:
-        warm = [(request_topic, f"w{run}-{i}", BODY) for i in range(args.warmup)]
-        run_windowed(tally, warm, args.window, args.timeout_s, deadline)
+        warm = [request(f"w{run}-{i}", i) for i in range(args.warmup)]
+        run_windowed(tally, warm, args.window, args.timeout_s, deadline, after_send=after_send)
         start_rss = rss_mib(pid)
         samples.append({"requests": 0, "rss_mib": start_rss})
 
@@ -67,10 +140,11 @@ def main() -> None:
         t0 = time.monotonic()
         sent = run_windowed(
             tally,
-            ((request_topic, rid, BODY) for rid in ids),
+            (request(rid, i) for i, rid in enumerate(ids)),
             args.window,
             args.timeout_s,
             deadline,
+            after_send=after_send,
             after_terminal=sample,
         )
         elapsed = time.monotonic() - t0
@@ -79,6 +153,7 @@ def main() -> None:
         if end_rss is not None and samples[-1]["requests"] != sent:
             samples.append({"requests": sent, "rss_mib": end_rss})
     finally:
+        stop_http.set()
         tally.close()
         d.stop()
         broker.stop()
@@ -104,6 +179,8 @@ def main() -> None:
             "duplicated": result["duplicated"],
             "terminal_by_code": result["codes"],
             "errors_by_code": {k: v for k, v in result["codes"].items() if k != "done"},
+            "http_statuses": dict(http_codes),
+            "cancelled_at_once": len(to_cancel),
             "stray_replies": tally.stray,
             "bad_correlation": tally.bad_correlation,
         },

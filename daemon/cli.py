@@ -173,11 +173,16 @@ def _load_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from daemon import logsetup
+    import structlog
+
+    from daemon import credentials, logsetup
     from daemon.service import Service
 
     cfg = _load_config(args)
+    credentials.check_http_exposure(cfg.http)
     logsetup.configure(cfg.logging.level, cfg.logging.format)
+    # The topics' level and the MQTT client id; two nodes must never share it (docs/FLEET.md).
+    structlog.get_logger("daemon").info("node", node_id=cfg.node_id)
     # A watchdog SIGABRT then leaves every thread's traceback in the journal (no core dumps).
     faulthandler.enable()
     # SIGUSR2 dumps every thread's stack to the log without stopping: for a daemon that hangs.
@@ -300,9 +305,10 @@ def config_load(path: Path | None) -> Any:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from daemon import config
+    from daemon import config, credentials
 
     cfg = config.load(args.path)
+    credentials.check_http_exposure(cfg.http)
     data = cfg.model_dump(mode="json")
     if data["mqtt"].get("password"):
         data["mqtt"]["password"] = "********"

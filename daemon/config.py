@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +20,7 @@ from daemon.config_frontends import (
     HttpConfig,
     WyomingConfig,
 )
+from daemon.identity import default_node_id
 from daemon.sessions.config import SessionsConfig
 
 ENV_PASSWORD = "EDGELLM_MQTT_PASSWORD"
@@ -266,15 +266,9 @@ class LoggingConfig(_Section):
     )
 
 
-def _default_node_id() -> str:
-    """The host name, reduced to what is safe in a topic level."""
-    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]).strip("-")
-    return (name or "node")[:64]
-
-
 class Config(_Section):
     node_id: Annotated[str, Field(pattern=_NODE_ID.pattern)] = Field(
-        default_factory=_default_node_id, description="This device's topic level."
+        default_factory=default_node_id, description="This device's topic level."
     )
     mqtt: MqttConfig = MqttConfig()
     model: ModelConfig = ModelConfig()

@@ -48,6 +48,20 @@ class HttpConfig(_Section):
     clients_allowed: list[IPvAnyNetwork] | None = Field(
         None, description="Client addresses (CIDRs) that may connect; None: any."
     )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve a bind beyond loopback with neither api_key nor clients_allowed "
+        "(anyone who can reach the port may ask); off: such a config is refused.",
+    )
+    max_connections: int = Field(
+        64, ge=2, le=4096, description="Open connections (one thread each) at most."
+    )
+    wait_timeout_s: float = Field(
+        15.0, gt=0, le=600, description="A request's line and headers (or keep-alive idle)."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="A body in all, and each write of a reply (408 after)."
+    )
     max_body_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,

@@ -3,6 +3,7 @@ file, YAML)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -45,3 +46,27 @@ def http_api_key(cfg: HttpConfig) -> str | None:
     if cfg.api_key_file is not None:
         return _first_line(cfg.api_key_file, "http.api_key_file")
     return cfg.api_key.get_secret_value() if cfg.api_key else None
+
+
+def _loopback(bind: str) -> bool:
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, assume the network
+
+
+def check_http_exposure(cfg: HttpConfig) -> None:
+    """Refuse an HTTP API open to the network with nothing to say who may ask (ConfigError
+    naming both fixes and the opt-in); loopback, a key, an allow-list or the opt-in pass."""
+    if not cfg.enabled or _loopback(cfg.bind) or cfg.allow_unauthenticated:
+        return
+    if cfg.clients_allowed is not None or http_api_key(cfg) is not None:
+        return
+    raise ConfigError(
+        f"http.bind: {cfg.bind} serves the network with no key and no allow-list: set "
+        f"http.api_key (or ${ENV_HTTP_KEY}, or the http_api_key credential) and/or "
+        "http.clients_allowed: [<your LAN>/24], or bind 127.0.0.1; to serve anyone who can reach "
+        "the port, set http.allow_unauthenticated: true"
+    )

@@ -25,6 +25,9 @@ from daemon.sessions.store import SessionKey
 log = structlog.get_logger(__name__)
 
 # An error reply for a request that never ran says so (the protocol promises text and usage).
+# A busy answer's retry hint (HTTP Retry-After) when nothing better is known: the openai SDK
+# retries at once without one.
+RETRY_AFTER_S = 5.0
 NOTHING = {"usage": {"prompt_tokens": 0, "completion_tokens": 0}, "text": ""}
 
 
@@ -176,7 +179,11 @@ class Intake:
     def _admit(self, job: Job, answers: Answers) -> None:
         req = job.request
         if not self.accepting:
-            job.finish_error(ErrorCode.BUSY, "the daemon is not accepting requests right now")
+            job.finish_error(
+                ErrorCode.BUSY,
+                "the daemon is not accepting requests right now",
+                {"retry_after_s": RETRY_AFTER_S},
+            )
             return
         retry_after = self.limiter.admit(req.client)
         if retry_after is not None:
@@ -188,7 +195,9 @@ class Intake:
             return
         if not self._memory_ok():
             job.finish_error(
-                ErrorCode.BUSY, "memory is critically low; try again later", {"reason": "memory"}
+                ErrorCode.BUSY,
+                "memory is critically low; try again later",
+                {"reason": "memory", "retry_after_s": RETRY_AFTER_S},
             )
             return
         try:
@@ -197,7 +206,7 @@ class Intake:
             job.finish_error(
                 ErrorCode.BUSY,
                 f"queue is full ({self.cfg.limits.queue_size} waiting); try again later",
-                {"queue_depth": self.engine.queue_depth},
+                {"queue_depth": self.engine.queue_depth, "retry_after_s": self._backlog()},
             )
         except WouldMissDeadline as err:
             job.finish_error(
@@ -206,7 +215,8 @@ class Intake:
                 {"estimated_wait_s": round(err.wait_s, 2), **NOTHING},
             )
         except DuplicateId:
-            # Another client's request holds this id: not this job's reply to give.
+            # This client's request of this id still runs (the duplicate window has passed):
+            # not this job's reply to give.
             self.recent.forget((req.client, req.id))
             answers.refuse(
                 Rejection(
@@ -217,6 +227,11 @@ class Intake:
                     req.client,
                 )
             )
+
+    def _backlog(self) -> float:
+        """Seconds until the queue has room again, as well as the engine can tell."""
+        backlog = self.engine.backlog_s()
+        return round(backlog, 2) if backlog else RETRY_AFTER_S
 
     def cancel(self, rid: str, client: str) -> None:
         """Cancel a request of this client's (a client cancels only its own)."""

@@ -213,15 +213,26 @@ class QueueFull(Exception):
     """The bounded queue has no room: the caller answers `busy`."""
 
 
+def job_key(req: Request) -> tuple[str, str]:
+    """A request's identity: ids are the client's own, so two clients may pick the same one."""
+    return (req.client, req.id)
+
+
+def is_request(job: Job, request_id: str, client: str | None) -> bool:
+    """Whether job is the request of this id (and this client's, unless client is None)."""
+    return job.request.id == request_id and client in (None, job.request.client)
+
+
 class JobQueue:
-    """A bounded queue of waiting jobs, lowest priority number first, then first come."""
+    """A bounded queue of waiting jobs, lowest priority number first, then first come; jobs
+    are found by (client, id)."""
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize
         self._heap: list[tuple[int, int, Job]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
-        self._by_id: dict[str, Job] = {}
+        self._by_id: dict[tuple[str, str], Job] = {}
 
     def __len__(self) -> int:
         with self._cond:
@@ -242,9 +253,9 @@ class JobQueue:
                 self._heap.remove(worst)
                 heapq.heapify(self._heap)
                 displaced = worst[2]
-                self._by_id.pop(displaced.request.id, None)
+                self._by_id.pop(job_key(displaced.request), None)
             heapq.heappush(self._heap, (int(job.request.priority), next(self._seq), job))
-            self._by_id[job.request.id] = job
+            self._by_id[job_key(job.request)] = job
             self._cond.notify()
             return displaced
 
@@ -261,7 +272,7 @@ class JobQueue:
                 self._heap = [e for e in self._heap if not predicate(e[2])]
                 heapq.heapify(self._heap)
                 for _, _, j in gone:
-                    self._by_id.pop(j.request.id, None)
+                    self._by_id.pop(job_key(j.request), None)
             return [j for _, _, j in gone]
 
     def get(self, timeout: float) -> Job | None:
@@ -270,12 +281,24 @@ class JobQueue:
             if not self._heap and not self._cond.wait_for(lambda: self._heap, timeout):
                 return None
             _, _, job = heapq.heappop(self._heap)
-            self._by_id.pop(job.request.id, None)
+            self._by_id.pop(job_key(job.request), None)
             return job
 
-    def find(self, request_id: str) -> Job | None:
+    def find(self, key: tuple[str, str]) -> Job | None:
+        """The waiting job of this (client, id), if any."""
         with self._cond:
-            return self._by_id.get(request_id)
+            return self._by_id.get(key)
+
+    def take_out(self, request_id: str, client: str | None) -> Job | None:
+        """Remove the waiting job of this id (and client, unless None): a cancel frees its
+        place at once. None if no such job waits."""
+        with self._cond:
+            job = next((j for j in self._by_id.values() if is_request(j, request_id, client)), None)
+            if job is not None:
+                del self._by_id[job_key(job.request)]
+                self._heap = [e for e in self._heap if e[2] is not job]
+                heapq.heapify(self._heap)
+            return job
 
     def drain(self) -> list[Job]:
         """Remove and return every waiting job (shutdown)."""

@@ -111,3 +111,40 @@ def test_check_config_fails_readably(tmp_path: Path):
     assert out.returncode == 2
     assert "mqtt.port" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("http", "refused"),
+    [
+        ({"bind": "0.0.0.0"}, True),
+        ({"bind": "192.168.1.20"}, True),
+        ({"bind": "kitchen.local"}, True),  # a host name: assume the network
+        ({"bind": "127.0.0.1"}, False),
+        ({"bind": "::1"}, False),
+        ({"bind": "0.0.0.0", "api_key": "k"}, False),
+        ({"bind": "0.0.0.0", "clients_allowed": ["192.168.1.0/24"]}, False),
+        ({"bind": "0.0.0.0", "allow_unauthenticated": True}, False),
+        ({"bind": "0.0.0.0", "enabled": False}, False),
+    ],
+)
+def test_serving_the_lan_takes_a_key_an_allow_list_or_an_opt_in(http, refused, monkeypatch):
+    monkeypatch.delenv(config.ENV_HTTP_KEY, raising=False)
+    monkeypatch.delenv(config.ENV_CREDENTIALS, raising=False)
+    cfg = config.parse({"http": http})
+    if not refused:
+        credentials.check_http_exposure(cfg.http)
+        return
+    with pytest.raises(config.ConfigError) as err:
+        credentials.check_http_exposure(cfg.http)
+    for fix in ("http.api_key", "http.clients_allowed", "http.allow_unauthenticated"):
+        assert fix in str(err.value)
+    monkeypatch.setenv(config.ENV_HTTP_KEY, "from-env")  # a key from the environment counts
+    credentials.check_http_exposure(cfg.http)
+
+
+def test_check_config_refuses_an_open_lan_bind(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv(config.ENV_HTTP_KEY, raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"http": {"bind": "0.0.0.0"}}))
+    out = check_config(path)
+    assert out.returncode == 2 and "http.clients_allowed" in out.stderr

@@ -144,11 +144,14 @@ def test_the_templates_read_the_real_payloads():
         "context_length": "2048",
         "queue_depth": "0",
     }
-    assert render(cmps["memory_headroom"]["value_template"], telemetry) == "6950000000"
+    # In MiB: HA 2026.11's MQTT sensor drops suggested_unit_of_measurement.
+    assert cmps["memory_headroom"]["unit_of_measurement"] == "MiB"
+    assert render(cmps["memory_headroom"]["value_template"], telemetry) == "6628.0"
     assert render(cmps["busy"]["value_template"], telemetry) == "OFF"
     assert render(cmps["admitting"]["value_template"], telemetry) == "ON"
     # No sensors (a node without the governor's readings): "None" is HA's unknown, not an error.
     assert render(cmps["temperature"]["value_template"], b'{"threads": 2}') == "None"
+    assert render(cmps["memory_headroom"]["value_template"], b'{"mem_headroom": null}') == "None"
     avail = cmps["busy"]["availability"][0]
     for state in ("online", "offline"):
         assert render(avail["value_template"], status_payload(state, {"node_id": "k"})) == state

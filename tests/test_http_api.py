@@ -52,6 +52,12 @@ def test_ollama_client_lists_and_shows_the_model(node: Daemon):
     assert shown.modelinfo and "general.architecture" in shown.modelinfo
 
 
+def test_every_response_names_the_node(node: Daemon):
+    for path in ("/api/version", "/nowhere"):
+        response = httpx.get(f"{base(node)}{path}")
+        assert response.headers["X-Edgellm-Node"] == node.node_id
+
+
 def test_ollama_client_streams_a_chat(node: Daemon):
     c = ollama.Client(host=base(node))
     parts = list(
@@ -96,7 +102,14 @@ def test_openai_client_streams_a_chat(node: Daemon):
     assert text.strip()
     finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices]
     assert finishes[-1] in ("stop", "length")
-    assert chunks[-1].usage is not None and 1 <= chunks[-1].usage.completion_tokens <= 12
+    usage = chunks[-1].usage
+    assert usage is not None and 1 <= usage.completion_tokens <= 12
+    # The finishing chunk carries llama-server's `timings` whether or not usage was asked for.
+    timings = next(ch for ch in chunks if ch.choices and ch.choices[0].finish_reason).model_extra
+    assert timings is not None
+    got = timings["timings"]
+    assert got["prompt_n"] + got["cache_n"] == usage.prompt_tokens
+    assert got["predicted_n"] == usage.completion_tokens
     whole = c.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5
     )

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from daemon.engine import admission
-from daemon.requests import Job, JobQueue, Priority, QueueFull
+from daemon.requests import Job, JobQueue, Priority, QueueFull, job_key
 from tests.helpers import make_request
 
 _ids = itertools.count()
@@ -59,7 +59,7 @@ def test_a_full_queue_makes_room_for_interactive_by_displacing_the_newest_backgr
         q.put(j)
     i2 = job()
     assert q.put(i2) is b2
-    assert q.find(b2.request.id) is None
+    assert q.find(job_key(b2.request)) is None
     # Nothing left to displace for another interactive job, nor ever for a background one.
     with pytest.raises(QueueFull):
         q.put(job(Priority.BACKGROUND))
@@ -78,7 +78,29 @@ def test_remove_if_takes_out_expired_jobs_only():
     gone = q.remove_if(lambda j: j.request.deadline < 10)
     assert gone == [late1, late2] or gone == [late2, late1]
     assert len(q) == 1 and q.get(0) is keep
-    assert q.find(late1.request.id) is None
+    assert q.find(job_key(late1.request)) is None
+
+
+def test_two_clients_may_pick_the_same_id():
+    q = JobQueue(8)
+    a = Job(make_request(id="same", client="alice"), Sink())
+    b = Job(make_request(id="same", client="bob"), Sink())
+    assert q.put(a) is None and q.put(b) is None
+    assert q.find(("alice", "same")) is a and q.find(("bob", "same")) is b
+    assert q.take_out("same", "bob") is b and q.find(("alice", "same")) is a
+    assert q.take_out("same", "bob") is None
+
+
+def test_a_cancelled_waiting_job_frees_its_place_at_once():
+    q = JobQueue(2)
+    first, second = job(), job()
+    q.put(first)
+    q.put(second)
+    with pytest.raises(QueueFull):
+        q.put(job())
+    assert q.take_out(first.request.id, None) is first
+    third = job()
+    assert q.put(third) is None and q.snapshot() == [second, third]
 
 
 def test_no_estimate_before_anything_was_measured():

@@ -66,7 +66,8 @@ def test_describe_lists_edgellm_as_a_handle_program(wyoming: tuple[Daemon, int])
     event = asyncio.run(describe())
     assert event is not None and Info.is_type(event.type)
     info = Info.from_event(event)
-    assert [p.name for p in info.handle] == ["edgellm"]
+    # Named after the node: Home Assistant names the agent (and its entity) after the program.
+    assert [p.name for p in info.handle] == [f"edgellm {d.node_id}"]
     program = info.handle[0]
     assert program.installed and program.supports_handled_streaming
     assert [m.name for m in program.models] == ["smollm2-135m"]

@@ -20,7 +20,7 @@ from daemon.engine.loading import ModelInfo
 from daemon.engine.prompt import Prompter
 from daemon.engine.sweep import SweepResult
 from daemon.engine.tuning import SWEEP_PROMPT, ThreadTuner
-from daemon.requests import ErrorCode, Job, JobQueue, QueueFull
+from daemon.requests import ErrorCode, Job, JobQueue, QueueFull, is_request, job_key
 from daemon.safeguards.policy import Classifier
 
 log = structlog.get_logger(__name__)
@@ -108,7 +108,8 @@ class Engine:
         job.estimate_s = admission.estimate(req, self._gen, self._limits, self.rates(), self.n_ctx)
         with self._lock:
             current = self._current
-            if (current is not None and current.request.id == req.id) or self._queue.find(req.id):
+            running = current is not None and job_key(current.request) == job_key(req)
+            if running or self._queue.find(job_key(req)):
                 raise admission.DuplicateId(req.id)
             if self._stop.is_set() or self.failed.is_set():
                 raise QueueFull
@@ -139,17 +140,17 @@ class Engine:
         return len(expired)
 
     def cancel(self, request_id: str, client: str | None = None) -> bool:
-        """Stop a running generation between tokens, or answer a waiting one at once.
-
-        With client, only a request of that client is cancelled.
-        """
+        """Stop a running generation between tokens, or answer a waiting one at once (its place
+        in the queue is free at once). With client, only a request of that client."""
         with self._lock:
-            job, current = self._queue.find(request_id), self._current
-            job = current if current and current.request.id == request_id else job
-        if job is None or (client is not None and job.request.client != client):
+            job = self._current
+            running = job is not None and is_request(job, request_id, client)
+            if not running:
+                job = self._queue.take_out(request_id, client)
+        if job is None:
             return False
         job.cancelled.set()
-        if job is not self._current:
+        if not running:
             job.finish_error(ErrorCode.CANCELLED, "cancelled before it started", NOTHING_YET)
         return True
 

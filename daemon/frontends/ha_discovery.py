@@ -32,6 +32,13 @@ def _telemetry(field: str) -> str:
     return f"{{{{ value_json.get('{field}') }}}}"
 
 
+def _mib(field: str) -> str:
+    # Bytes as MiB: HA 2026.11's MQTT sensor drops suggested_unit_of_measurement, so a sensor in
+    # bytes shows bytes. Not a number (no reading): "None", HA's unknown.
+    value = f"value_json.get('{field}')"
+    return f"{{{{ ({value} / 1048576) | round(1) if {value} is number else None }}}}"
+
+
 def _flag(field: str) -> str:
     return f"{{{{ 'ON' if value_json.get('{field}') else 'OFF' }}}}"
 
@@ -76,12 +83,7 @@ _TELEMETRY_ENTITIES: dict[str, tuple[str, str, str, dict[str, Any]]] = {
         "sensor",
         "Memory headroom",
         "mem_headroom",
-        {
-            "device_class": "data_size",
-            "unit_of_measurement": "B",
-            "suggested_unit_of_measurement": "MiB",
-            "state_class": "measurement",
-        },
+        {"device_class": "data_size", "unit_of_measurement": "MiB", "state_class": "measurement"},
     ),
     "busy": ("binary_sensor", "Busy", "busy", {"device_class": "running"}),
     "admitting": ("binary_sensor", "Admitting requests", "admit", {"icon": "mdi:door-open"}),
@@ -102,6 +104,7 @@ def device_config(topics: Topics, model: str | None, version: str) -> dict[str, 
     components: dict[str, dict[str, Any]] = {}
     for key, (platform, name, field, extra) in _TELEMETRY_ENTITIES.items():
         template = _flag(field) if platform == "binary_sensor" else _telemetry(field)
+        template = _mib(field) if extra.get("unit_of_measurement") == "MiB" else template
         components[key] = {
             "p": platform,
             "name": name,

@@ -25,7 +25,7 @@ from daemon.engine import ModelInfo
 from daemon.frontends import http_ollama as ollama
 from daemon.frontends import http_openai as openai
 from daemon.frontends.http_common import STATUS, Exchange, HttpError, ModelCard
-from daemon.frontends.http_server import Handler, Server
+from daemon.frontends.http_server import Bounds, Handler, Server
 from daemon.intake import Intake
 from daemon.requests import SESSION_PATTERN, Done, ErrorCode, Request, StreamMode
 
@@ -81,11 +81,13 @@ class HttpFrontDoor:
         """Listen on http.bind:http.port; False (logged) when it cannot, e.g. the port is taken."""
         http = self.cfg.http
         try:
-            server = Server((http.bind, http.port), Handler)
+            bounds = Bounds(http.max_connections, http.wait_timeout_s, http.body_timeout_s)
+            server = Server((http.bind, http.port), bounds)
         except OSError as err:
             log.error("http_unavailable", bind=http.bind, port=http.port, error=str(err))
             return False
         server.route = self._route
+        server.node_id = self.cfg.node_id
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(

@@ -162,7 +162,13 @@ class OpenAIWire:
             # One call per chunk, with its index and id: Home Assistant's stream reader takes
             # only delta.tool_calls[0] of each chunk.
             out += self._event(self._chunk(self._role({"tool_calls": [call]}), None))
-        out += self._event(self._chunk({}, done.finish_reason))
+        # Token counts even without stream_options.include_usage (Home Assistant never asks), as
+        # llama-server's `timings` on its last chunk: prompt_n evaluated, cache_n reused.
+        u = done.usage
+        timings: dict[str, Any] = {"prompt_n": u.prompt_tokens - u.cached_tokens}
+        timings["cache_n"] = u.cached_tokens
+        timings |= {"predicted_n": u.completion_tokens, "ttft_ms": done.timings.ttft_ms}
+        out += self._event({**self._chunk({}, done.finish_reason), "timings": timings})
         if self._usage:
             last = {**self._chunk({}, None), "choices": [], "usage": _usage(done)}
             out += self._event(last)

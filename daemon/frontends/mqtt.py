@@ -20,7 +20,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.config import MqttConfig
-from daemon.frontends.mqtt_messages import FLEET_HOPS, Incoming, hops_of
+from daemon.frontends.mqtt_identity import Duplicates, advice
+from daemon.frontends.mqtt_messages import (
+    FLEET_HOPS,
+    INSTANCE,
+    Incoming,
+    hops_of,
+    status_payload,
+)
 from daemon.frontends.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -99,6 +106,8 @@ class Transport:
         self.fatal: str | None = None
         self.fatal_event = threading.Event()
         self._sub_mid: int | None = None
+        self._duplicates = Duplicates(INSTANCE)  # another live process with this node id
+        self._resign = False
         self._client = make_client(cfg, client_id, password)
         self._client.will_set(topics.status, offline_payload, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -147,6 +156,11 @@ class Transport:
         self.ready.clear()
         if self._client.is_connected():
             payload = offline or self._offline
+            if self._resign:
+                # Its own `online` may be the retained status: step down in its place, marked so
+                # that the other process does not take it for a third (mqtt_identity.py).
+                details = {"node_id": self._topics.node_id, "resigned": True}
+                payload = status_payload("offline", {**details, "reason": "node id in use"})
             info = self._client.publish(self._topics.status, payload, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
@@ -184,6 +198,7 @@ class Transport:
         # Subscribing here renews the subscriptions after every reconnect (paho's README).
         topics = self._topics
         filters = [topics.request, topics.client_requests, topics.cancel, topics.client_cancels]
+        filters.append(topics.status)  # its own: another process serving this node id shows there
         if self._fleet:
             filters += [*topics.fleet_shares, *topics.fleet_cancels]
         filters += list(self._routes)
@@ -210,14 +225,34 @@ class Transport:
             fleet=self._topics.fleet_request if self._fleet else None,
         )
 
-    def _handle_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _handle_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.ready.clear()
         if rc.is_failure:
             log.warning("mqtt_connection_lost", reason=str(rc))
+            why = self._duplicates.connection_lost(rc.value)
+            if why is not None:
+                self._stop_fighting(client, why)
 
-    def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _stop_fighting(self, client: mqtt.Client, why: str) -> None:
+        """Another live process serves this node id: say so once, take no more requests, and
+        let the service stop (code 4: systemd does not restart it); stop() then steps down."""
+        if self.fatal_event.is_set():
+            return
+        self.fatal = advice(self._topics.node_id, why)
+        self._resign = True
+        log.error("mqtt_duplicate_node", node_id=self._topics.node_id, error=self.fatal)
+        self.fatal_event.set()
+
+    def _handle_message(self, mqttc: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = time.monotonic()
         payload = bytes(msg.payload)
+        if self._resign:
+            return  # another process serves this node id: it answers, not this one
+        if msg.topic == self._topics.status:
+            why = self._duplicates.status_seen(payload)
+            if why is not None:
+                self._stop_fighting(mqttc, why)
+            return
         routes = self._routes.items()
         route = next((r for f, r in routes if mqtt.topic_matches_sub(f, msg.topic)), None)
         if route is not None:

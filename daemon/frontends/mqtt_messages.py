@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -331,8 +332,14 @@ def error_payload(
     return _encode(body)
 
 
+# This process's own mark in its statuses: two live daemons with one node id publish different
+# statuses even when all else is equal (frontends/mqtt_identity.py); a restart gets a new one.
+INSTANCE = uuid.uuid4().hex[:12]
+
+
 def status_payload(state: str, details: dict[str, Any] | None = None) -> bytes:
-    return _encode({"state": state, "protocol": PROTOCOL_VERSION, **(details or {})})
+    body = {"state": state, "protocol": PROTOCOL_VERSION, **(details or {})}
+    return _encode({**body, "instance": INSTANCE})
 
 
 def telemetry_payload(body: dict[str, Any]) -> bytes:

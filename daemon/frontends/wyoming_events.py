@@ -108,7 +108,9 @@ def info_event(cfg: Config, model: str, metadata: dict[str, str]) -> Event:
         languages=languages,
     )
     program = HandleProgram(
-        name=PROGRAM,
+        # Home Assistant names the agent after the program: each node's own name, or a second
+        # board becomes conversation.edgellm_2 with nothing to tell the two apart.
+        name=f"{PROGRAM} {cfg.node_id}",
         attribution=Attribution(name=PROGRAM, url=""),
         installed=True,
         description=f"edgellm: {model}, a local LLM",
