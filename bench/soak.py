@@ -88,12 +88,14 @@ def main() -> None:
         "--mix", action="store_true", help="sessions, grammars, HA tools, cancels, HTTP"
     )
     ap.add_argument("--http-every-s", type=float, default=2.0, help="--mix: HTTP request pace")
+    ap.add_argument("--dedupe-window-s", type=float, default=None, help="limits.dedupe_window_s")
     args = ap.parse_args()
 
     tmp = workdir()
     broker = Broker(free_port(), tmp).start()
     settings: dict = {
-        "limits": {"queue_size": max(8, args.window * 2)},
+        "limits": {"queue_size": max(8, args.window * 2)}
+        | ({} if args.dedupe_window_s is None else {"dedupe_window_s": args.dedupe_window_s}),
         "policy": {"rate_limit": {"requests_per_min": None, "tokens_per_min": None}},
     }
     if args.threads:

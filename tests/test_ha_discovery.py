@@ -215,7 +215,9 @@ def test_the_button_measures_the_threads_again(broker: Broker, daemon: Daemon):
     def sweeps() -> list[dict]:
         return [e for e in daemon.log_events() if e.get("event") == "thread_sweep"]
 
-    budget = 30 + 2 * (os.cpu_count() or 1)
+    # Generous: a sweep runs only while the worker is idle, and the suite's other tests share
+    # this daemon (it missed 34 s once on a loaded machine).
+    budget = 180 + 10 * (os.cpu_count() or 1)
     start_up = len(poll(sweeps, budget, "the start-up sweep"))
     client = Client(broker)
     try:

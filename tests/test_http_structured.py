@@ -67,7 +67,8 @@ def test_openai_wire_carries_tool_calls_the_client_reads():
 @pytest.mark.model
 def test_ollama_format_json_and_schema(daemon: Daemon):
     c = ollama.Client(host=base(daemon))
-    opts = {"num_predict": 64, "temperature": 0.2}
+    # Room enough that a wandering string still closes (64 cut one short once), and a seed.
+    opts = {"num_predict": 256, "temperature": 0.2, "seed": 7}
     anything = c.chat(model=MODEL, messages=LIGHT, format="json", options=opts, stream=False)
     assert isinstance(json.loads(anything.message.content or ""), dict)
     shaped = c.chat(model=MODEL, messages=LIGHT, format=SCHEMA, options=opts, stream=False)
@@ -81,7 +82,7 @@ def test_ollama_format_json_and_schema(daemon: Daemon):
 @pytest.mark.model
 def test_openai_response_format_json_object_and_schema(daemon: Daemon):
     c = openai.OpenAI(base_url=f"{base(daemon)}/v1", api_key="unused", max_retries=0)
-    kw = {"model": MODEL, "messages": LIGHT, "max_tokens": 64, "temperature": 0.2}
+    kw = {"model": MODEL, "messages": LIGHT, "max_tokens": 256, "temperature": 0.2, "seed": 7}
     anything = c.chat.completions.create(**kw, response_format={"type": "json_object"})
     assert isinstance(json.loads(anything.choices[0].message.content or ""), dict)
     fmt = {"type": "json_schema", "json_schema": {"name": "command", "schema": SCHEMA}}

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 
 Key = tuple[str, str]  # (client, request id)
 
-# Remembered replies are bounded by count and by bytes; the oldest go first.
-MAX_ENTRIES = 4096
+# Remembered replies are bounded by count and by bytes; the oldest go first. The count matters
+# more than the bytes: the soak's RSS stepped up ~35 MiB while 4,096 entries filled (each
+# entry's few small objects, made between one request's garbage and the next's, keep Python's
+# allocator arenas from being given back), and stayed flat with 150 (docs/BENCHMARKS.md, issue
+# 18). 1,024 is 35 s of replies at the soak's 29 requests/s, hours at a home's pace.
+MAX_ENTRIES = 1024
 MAX_BYTES = 8 * 1024 * 1024
 
 
