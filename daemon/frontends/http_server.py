@@ -78,9 +78,15 @@ class Server(ThreadingHTTPServer):
             return len(self._waiting)
 
     def mark(self, conn: socket.socket, waiting: bool) -> None:
+        """A connection starts waiting for its next request (kept: since it was accepted, or
+        since its last response), or is being handled."""
         with self._lock:
-            if conn in self._waiting:
-                self._waiting[conn] = time.monotonic() if waiting else None
+            if conn not in self._waiting:
+                return
+            if not waiting:
+                self._waiting[conn] = None
+            elif self._waiting[conn] is None:
+                self._waiting[conn] = time.monotonic()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:
