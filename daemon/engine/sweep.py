@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.engine import llama_compat
+from daemon.engine import kvstates, llama_compat
 
 # A sample below this share of its count's best is taken as contention, not as the count.
 COLLAPSE = 0.6
@@ -94,7 +94,7 @@ class Sweeper:
                 self._plan.append(n)
         if not self._plan and not self._confirmed:
             self._confirmed = True
-            fewer, fastest = self._choice()
+            fewer, fastest = self._choice(self._figures())
             if fewer != fastest:
                 self._plan.extend([fastest, fewer] * CONFIRM_ROUNDS)
 
@@ -102,16 +102,19 @@ class Sweeper:
     def done(self) -> bool:
         return not self._plan
 
-    def _choice(self) -> tuple[int, int]:
+    def _figures(self) -> dict[int, float]:
+        """Each measured count's best sample."""
+        return {n: max(s) for n, s in self.samples.items() if s}
+
+    def _choice(self, figures: dict[int, float]) -> tuple[int, int]:
         """(the fewest threads within NEAR_BEST of the fastest count, the fastest count)."""
-        figures = {n: max(s) for n, s in self.samples.items() if s}
         top = max(figures.values())
         fastest = max(figures, key=lambda n: figures[n])
         return min(n for n, tps in figures.items() if tps >= NEAR_BEST * top), fastest
 
     def result(self) -> SweepResult:
-        figures = {n: max(s) for n, s in self.samples.items() if s}
-        best, _ = self._choice()
+        figures = self._figures()
+        best, _ = self._choice(figures)
         total = sum(len(s) for s in self.samples.values())
         return SweepResult(
             {n: round(t, 1) for n, t in figures.items()},
@@ -214,8 +217,8 @@ def measure_prefill(
     if abandon():
         return None
     llama_compat.set_threads(llm, llm.n_threads, threads)
-    cached = list(llama_compat.cached_tokens(llm))
-    if cached[: len(prompt)] != prompt or len(prompt) + tokens + 1 > llm.n_ctx():
+    held = kvstates.common_length(llama_compat.cached_tokens(llm), prompt)
+    if held < len(prompt) or len(prompt) + tokens + 1 > llm.n_ctx():
         llm.reset()
         llm.eval(prompt)
     llm.n_tokens = len(prompt)  # eval() drops the cache past n_tokens first

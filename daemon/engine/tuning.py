@@ -64,8 +64,8 @@ class ThreadTuner:
         self._prefill: Sweeper | None = None  # the prompt-processing half, after decode
         self._due_at: float | None = None
         self._backoff = FIRST_BACKOFF_S
-        self._disagree = 0
-        self._prefill_disagree = 0
+        # Jobs in a row far below the sweep's figure, per half ("decode", "prefill").
+        self._disagree = {"decode": 0, "prefill": 0}
         self._ended_at = -MIN_GAP_S
         # A tie's winner decoding live below the faster count: measured again once, and not
         # again after that sweep (live jobs sample and detokenize, so they always run a little
@@ -168,7 +168,7 @@ class ThreadTuner:
                 best_batch=self.result.best_batch,
             )
         self.result = result
-        self._disagree = 0
+        self._disagree["decode"] = 0
         if self._fixed_batch is None:
             self._prefill = Sweeper(list(range(1, max(threads, cpus.usable()) + 1)))
         else:
@@ -256,19 +256,13 @@ class ThreadTuner:
             )
             self.want()
             return
-        if not disagrees(result, threads, tokens_per_s):
-            self._disagree = 0
-            return
-        self._disagree += 1
-        if self._disagree >= DISAGREE_JOBS and self._clock() - self._ended_at >= MIN_GAP_S:
-            self._disagree = 0
-            log.info(
-                "thread_sweep_disagrees",
-                threads=threads,
-                measured=round(tokens_per_s, 1),
-                predicted=result.tokens_per_s.get(threads),
-            )
-            self.want()
+        self._count(
+            "decode",
+            disagrees(result, threads, tokens_per_s),
+            threads=threads,
+            measured=round(tokens_per_s, 1),
+            predicted=result.tokens_per_s.get(threads),
+        )
 
     def after_prefill(self, threads_batch: int, fresh: int, tokens_per_s: float) -> None:
         """A finished job's prefill speed: several far below the sweep's figure re-measure
@@ -282,16 +276,23 @@ class ThreadTuner:
         ):
             return
         predicted = result.batch_tokens_per_s.get(threads_batch)
-        if predicted is None or tokens_per_s >= PREFILL_DISAGREE * predicted:
-            self._prefill_disagree = 0
+        self._count(
+            "prefill",
+            predicted is not None and tokens_per_s < PREFILL_DISAGREE * predicted,
+            threads_batch=threads_batch,
+            measured=round(tokens_per_s, 1),
+            predicted=predicted,
+        )
+
+    def _count(self, half: str, disagreeing: bool, **figures: Any) -> None:
+        """One job's verdict on a half of the sweep: DISAGREE_JOBS in a row far below it, and
+        not within MIN_GAP_S of the last sweep, measure again; one that agrees resets."""
+        if not disagreeing:
+            self._disagree[half] = 0
             return
-        self._prefill_disagree += 1
-        if self._prefill_disagree >= DISAGREE_JOBS and self._clock() - self._ended_at >= MIN_GAP_S:
-            self._prefill_disagree = 0
-            log.info(
-                "prefill_sweep_disagrees",
-                threads_batch=threads_batch,
-                measured=round(tokens_per_s, 1),
-                predicted=predicted,
-            )
+        self._disagree[half] += 1
+        if self._disagree[half] >= DISAGREE_JOBS and self._clock() - self._ended_at >= MIN_GAP_S:
+            self._disagree[half] = 0
+            event = "thread_sweep_disagrees" if half == "decode" else "prefill_sweep_disagrees"
+            log.info(event, **figures)
             self.want()

@@ -225,15 +225,15 @@ class Transport:
             fleet=self._topics.fleet_request if self._fleet else None,
         )
 
-    def _handle_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _handle_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.ready.clear()
         if rc.is_failure:
             log.warning("mqtt_connection_lost", reason=str(rc))
             why = self._duplicates.connection_lost(rc.value)
             if why is not None:
-                self._stop_fighting(client, why)
+                self._stop_fighting(why)
 
-    def _stop_fighting(self, client: mqtt.Client, why: str) -> None:
+    def _stop_fighting(self, why: str) -> None:
         """Another live process serves this node id: say so once, take no more requests, and
         let the service stop (code 4: systemd does not restart it); stop() then steps down."""
         if self.fatal_event.is_set():
@@ -243,7 +243,7 @@ class Transport:
         log.error("mqtt_duplicate_node", node_id=self._topics.node_id, error=self.fatal)
         self.fatal_event.set()
 
-    def _handle_message(self, mqttc: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = time.monotonic()
         payload = bytes(msg.payload)
         if self._resign:
@@ -251,7 +251,7 @@ class Transport:
         if msg.topic == self._topics.status:
             why = self._duplicates.status_seen(payload)
             if why is not None:
-                self._stop_fighting(mqttc, why)
+                self._stop_fighting(why)
             return
         routes = self._routes.items()
         route = next((r for f, r in routes if mqtt.topic_matches_sub(f, msg.topic)), None)
