@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.common import Broker, Client, Daemon, free_port, report, settle, workdir
+from bench.common import Broker, Client, Daemon, report, serving, settle, threads_arg
 from tests.helpers import nodelay
 
 # Prompts that ask for a long answer; the first that runs the full length without ending its
@@ -230,7 +230,7 @@ def main() -> None:
     ap.add_argument("--restart-after", type=int, default=50, help="deltas before the restart")
     ap.add_argument("--timeout-s", type=float, default=120.0, help="wait for the done after it")
     ap.add_argument("--quiet-s", type=float, default=2.0, help="wait for late duplicates")
-    ap.add_argument("--threads", type=int, default=None, help="model.n_threads (default: cores)")
+    threads_arg(ap)
     ap.add_argument(
         "--client-reconnect-s",
         type=int,
@@ -243,22 +243,16 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    tmp = workdir()
-    broker = PersistentBroker(free_port(), tmp, persistence=not args.no_persistence).start()
-    settings: dict[str, Any] = {}
-    if args.threads:
-        settings["model"] = {"n_threads": args.threads}
-    d = Daemon(broker, tmp, settings=settings).start()
+    def persistent(port: int, tmp: Path) -> PersistentBroker:
+        return PersistentBroker(port, tmp, persistence=not args.no_persistence)
+
     runs = []
-    try:
+    with serving(threads=args.threads, broker=persistent) as (broker, d):
         settle(d)
         prompt, tokens = find_prompt(broker, d, args.tokens)
         for run in range(args.runs):
             runs.append(one_run(broker, d, prompt, args, run))
         alive = d.alive()
-    finally:
-        d.stop()
-        broker.stop()
     report(
         "broker_restart",
         {

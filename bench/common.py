@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -11,7 +12,8 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,35 @@ def machine() -> str:
 
 def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="edgellm-bench-"))
+
+
+def threads_arg(ap: argparse.ArgumentParser) -> None:
+    """The --threads option every daemon bench takes."""
+    ap.add_argument("--threads", type=int, default=None, help="model.n_threads (default: cores)")
+
+
+@contextmanager
+def serving(
+    settings: dict[str, Any] | None = None,
+    threads: int | None = None,
+    broker: Callable[[int, Path], Broker] = Broker,
+) -> Iterator[tuple[Broker, Daemon]]:
+    """A broker on a free loopback port and a daemon on it (settings merged over the tests'
+    defaults, threads as model.n_threads), both stopped on the way out. broker makes the
+    broker from its port and work dir (a Broker subclass, say)."""
+    tmp = workdir()
+    settings = dict(settings or {})
+    if threads:
+        settings["model"] = {**settings.get("model", {}), "n_threads": threads}
+    b = broker(free_port(), tmp).start()
+    d = Daemon(b, tmp, settings=settings)
+    try:
+        d.start()
+        yield b, d
+    finally:
+        if d.proc is not None:
+            d.stop()
+        b.stop()
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -18,15 +18,14 @@ import uuid
 from typing import Any
 
 from bench.common import (
-    Broker,
     Daemon,
     Tally,
-    free_port,
     outcomes,
     percentile,
     report,
+    serving,
     settle,
-    workdir,
+    threads_arg,
 )
 
 BODY = {"prompt": "Say hi.", "max_tokens": 8, "temperature": 0}
@@ -135,11 +134,9 @@ def main() -> None:
     )
     ap.add_argument("--queue-size", type=int, default=8, help="limits.queue_size")
     ap.add_argument("--timeout-s", type=float, default=60.0, help="wait for the last replies")
-    ap.add_argument("--threads", type=int, default=None, help="model.n_threads (default: cores)")
+    threads_arg(ap)
     args = ap.parse_args()
 
-    tmp = workdir()
-    broker = Broker(free_port(), tmp).start()
     settings: dict[str, Any] = {
         "limits": {"queue_size": args.queue_size},
         "policy": {
@@ -150,22 +147,18 @@ def main() -> None:
             }
         },
     }
-    if args.threads:
-        settings["model"] = {"n_threads": args.threads}
-    d = Daemon(broker, tmp, settings=settings).start()
-    run = uuid.uuid4().hex[:6]
-    bob = Tally(broker, f"{d.prefix}/response/flood/{run}/bob")
-    alice = Tally(broker, f"{d.prefix}/response/flood/{run}/alice")
-    try:
-        settle(d)
-        idle = phase(d, bob, None, args, "idle")
-        flooded = phase(d, bob, alice, args, "flood")
-        alive = d.alive()
-    finally:
-        bob.close()
-        alice.close()
-        d.stop()
-        broker.stop()
+    with serving(settings, args.threads) as (broker, d):
+        run = uuid.uuid4().hex[:6]
+        bob = Tally(broker, f"{d.prefix}/response/flood/{run}/bob")
+        alice = Tally(broker, f"{d.prefix}/response/flood/{run}/alice")
+        try:
+            settle(d)
+            idle = phase(d, bob, None, args, "idle")
+            flooded = phase(d, bob, alice, args, "flood")
+            alive = d.alive()
+        finally:
+            bob.close()
+            alice.close()
     before, during = idle["bob"]["median_ms"], flooded["bob"]["median_ms"]
     report(
         "flood",

@@ -40,7 +40,7 @@ import ollama
 import openai
 
 from bench import ha_fixture, llamacpp_build, peers
-from bench.common import Broker, Daemon, free_port, machine, workdir
+from bench.common import free_port, machine, serving
 from daemon import cpus, models
 
 HA_PINS = {"ollama": "0.6.2", "openai": "3.26.0"}  # ollama/ and llama_cpp/manifest.json
@@ -359,9 +359,6 @@ def start_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
         server = JinjaServer(binary, model, args.threads, args.api_key)
         stack.callback(server.close)
         return f"http://127.0.0.1:{server.port}"
-    tmp = workdir()
-    broker = Broker(free_port(), tmp).start()
-    stack.callback(broker.stop)
     settings: dict[str, Any] = {
         "model": {"n_threads": args.threads, "name": args.edgellm_model},
         "governor": {"thread_sweep": False},
@@ -370,8 +367,7 @@ def start_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
     }
     if args.api_key:
         settings["http"] = {"api_key": args.api_key}
-    daemon = Daemon(broker, tmp, settings=settings).start()
-    stack.callback(daemon.stop)
+    _, daemon = stack.enter_context(serving(settings))
     assert daemon.proc is not None
     _wait_http(f"http://127.0.0.1:{daemon.http_port}/api/version", daemon.proc, 60)
     return f"http://127.0.0.1:{daemon.http_port}"

@@ -29,7 +29,7 @@ from typing import Any
 import openai
 import psutil
 
-from bench.common import Broker, Daemon, free_port, machine, workdir
+from bench.common import machine, serving
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]
 
@@ -79,10 +79,10 @@ class Crowd:
                     alive.append(s)
             mine = alive
             while len(mine) < share and not self.stop.is_set():
-                s = self._connect()
-                if s is None:
+                fresh = self._connect()
+                if fresh is None:
                     break
-                mine.append(s)
+                mine.append(fresh)
             self.stop.wait(0.5)
         for s in mine:
             s.close()
@@ -129,52 +129,48 @@ def main() -> None:
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.idle * 2 + 512)), hard))
-    tmp = workdir()
-    broker = Broker(free_port(), tmp).start()
     settings = {
         "governor": {"thread_sweep": False},
         "policy": {"rate_limit": {"requests_per_min": None, "tokens_per_min": None}},
     }
-    daemon = Daemon(broker, tmp, settings=settings).start()
-    proc = psutil.Process(daemon.proc.pid)  # type: ignore[union-attr]
-    samples: list[tuple[float, int]] = []
-    stop = threading.Event()
+    with serving(settings) as (_, daemon):
+        proc = psutil.Process(daemon.proc.pid)  # type: ignore[union-attr]
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
 
-    def sample() -> None:
-        while not stop.wait(0.5):
-            with contextlib.suppress(psutil.Error):
-                samples.append((proc.memory_info().rss / 2**20, proc.num_threads()))
+        def sample() -> None:
+            while not stop.wait(0.5):
+                with contextlib.suppress(psutil.Error):
+                    samples.append((proc.memory_info().rss / 2**20, proc.num_threads()))
 
-    base = (proc.memory_info().rss / 2**20, proc.num_threads())
-    threading.Thread(target=sample, daemon=True).start()
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{daemon.http_port}/v1", api_key="-")
-    model = client.models.list().data[0].id
-    crowd = Crowd(daemon.http_port, args.idle, args.slowloris).start()
-    reader = threading.Thread(
-        target=never_reader, args=(daemon.http_port, model, stop), daemon=True
-    )
-    reader.start()
-    time.sleep(5)  # the crowd is in place
-    answered, latencies, errors = 0, [], []
-    for _ in range(args.questions):
-        t0 = time.perf_counter()
-        try:
-            reply = client.chat.completions.create(
-                model=model,
-                messages=QUESTION,
-                max_tokens=12,
-                timeout=120,  # type: ignore[arg-type]
-            )
-            answered += bool(reply.choices[0].message.content is not None)
-            latencies.append(time.perf_counter() - t0)
-        except openai.APIError as err:
-            errors.append(repr(err)[:120])
-    stop.set()
-    crowd.stop.set()
-    time.sleep(1)
-    events = daemon.log_events()
-    daemon.stop()
-    broker.stop()
+        base = (proc.memory_info().rss / 2**20, proc.num_threads())
+        threading.Thread(target=sample, daemon=True).start()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{daemon.http_port}/v1", api_key="-")
+        model = client.models.list().data[0].id
+        crowd = Crowd(daemon.http_port, args.idle, args.slowloris).start()
+        reader = threading.Thread(
+            target=never_reader, args=(daemon.http_port, model, stop), daemon=True
+        )
+        reader.start()
+        time.sleep(5)  # the crowd is in place
+        answered, latencies, errors = 0, [], []
+        for _ in range(args.questions):
+            t0 = time.perf_counter()
+            try:
+                reply = client.chat.completions.create(
+                    model=model,
+                    messages=QUESTION,  # type: ignore[arg-type]
+                    max_tokens=12,
+                    timeout=120,  # type: ignore[arg-type]
+                )
+                answered += bool(reply.choices[0].message.content is not None)
+                latencies.append(time.perf_counter() - t0)
+            except openai.APIError as err:
+                errors.append(repr(err)[:120])
+        stop.set()
+        crowd.stop.set()
+        time.sleep(1)
+        events = daemon.log_events()
     rss = [r for r, _ in samples]
     threads = [n for _, n in samples]
     result = {

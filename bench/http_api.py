@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from bench.common import Broker, Daemon, free_port, percentile, report, workdir
+from bench.common import percentile, report, serving
 
 
 def stream_chat(url: str, tokens: int, started: threading.Event, out: dict) -> None:
@@ -38,18 +38,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=300)
     ap.add_argument("--interval-ms", type=float, default=20.0, help="pause between probes")
     args = ap.parse_args()
-    tmp = workdir()
-    broker = Broker(free_port(), tmp).start()
-    port = free_port()
-    daemon = Daemon(
-        broker,
-        tmp,
-        settings={"http": {"port": port}, "limits": {"max_tokens": max(1024, args.tokens)}},
-    ).start()
-    url = f"http://127.0.0.1:{port}"
     latencies: dict[str, list[float]] = {"/api/tags": [], "/api/ps": []}
     gen: dict = {}
-    try:
+    with serving({"limits": {"max_tokens": max(1024, args.tokens)}}) as (_, daemon):
+        url = f"http://127.0.0.1:{daemon.http_port}"
         started = threading.Event()
         worker = threading.Thread(target=stream_chat, args=(url, args.tokens, started, gen))
         worker.start()
@@ -62,9 +54,6 @@ def main() -> None:
                     values.append((time.perf_counter() - t0) * 1000)
                 time.sleep(args.interval_ms / 1000)
         worker.join()
-    finally:
-        daemon.stop()
-        broker.stop()
     result = {
         path: {
             "n": len(v),

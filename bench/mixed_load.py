@@ -27,13 +27,13 @@ from bench.common import (
     Broker,
     Daemon,
     Tally,
-    free_port,
     outcomes,
     percentile,
     report,
     run_windowed,
+    serving,
     settle,
-    workdir,
+    threads_arg,
 )
 
 STREAMS: list[Any] = [False, True, "sentences"]
@@ -59,6 +59,68 @@ def plan(n: int, seed: int, cancel: float, background: float) -> list[dict[str, 
     return out
 
 
+class Clients:
+    """--clients MQTT v5 clients, each on its own request topic, cancelling its own requests."""
+
+    def __init__(self, broker: Broker, d: Daemon, run: str, args: argparse.Namespace):
+        self.d, self.run, self.args = d, run, args
+        n = args.clients
+        self.tallies = [Tally(broker, f"{d.prefix}/response/mix/{run}/c{i}") for i in range(n)]
+        self.ids: list[list[str]] = [[] for _ in range(n)]
+        self.deadline = time.monotonic() + args.deadline_s
+        self.timers: list[threading.Timer] = []
+        self.timers_lock = threading.Lock()
+
+    def client(self, n: int, share: list[dict[str, Any]]) -> None:
+        tally, prefix = self.tallies[n], self.d.prefix
+        cancel_at: dict[str, float | None] = {}
+
+        def items():
+            for i, entry in enumerate(share):
+                rid = f"{self.run}-c{n}-{i}"
+                self.ids[n].append(rid)
+                cancel_at[rid] = entry["cancel_after_s"]
+                yield f"{prefix}/request/mix{n}", rid, entry["body"]
+
+        def after_send(rid: str) -> None:
+            delay = cancel_at[rid]
+            if delay is not None:
+                timer = threading.Timer(delay, tally.cancel, (f"{prefix}/cancel/mix{n}", rid))
+                timer.daemon = True
+                with self.timers_lock:
+                    self.timers.append(timer)
+                timer.start()
+
+        a = self.args
+        run_windowed(tally, items(), a.window, a.timeout_s, self.deadline, after_send=after_send)
+
+    def drive(self, shares: list[list[dict[str, Any]]]) -> float:
+        """Every client's share sent and answered (or timed out), then a quiet window in which
+        a second terminal reply would show; the seconds the sending took."""
+        t0 = time.monotonic()
+        threads = [
+            threading.Thread(target=self.client, args=(n, share), name=f"mix{n}")
+            for n, share in enumerate(shares)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - t0
+        for tally, rids in zip(self.tallies, self.ids, strict=True):
+            wait = min(self.args.timeout_s, self.deadline - time.monotonic())
+            tally.wait_all(rids, max(0.0, wait))
+        time.sleep(self.args.quiet_s)
+        return elapsed
+
+    def close(self) -> None:
+        with self.timers_lock:
+            for timer in self.timers:
+                timer.cancel()
+        for tally in self.tallies:
+            tally.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=1000, help="requests in all (default 1000)")
@@ -71,70 +133,22 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=120.0, help="per-request timeout")
     ap.add_argument("--deadline-s", type=float, default=3600.0, help="the whole run at most")
     ap.add_argument("--quiet-s", type=float, default=3.0, help="wait for duplicates at the end")
-    ap.add_argument("--threads", type=int, default=None, help="model.n_threads (default: cores)")
+    threads_arg(ap)
     args = ap.parse_args()
 
-    tmp = workdir()
-    broker = Broker(free_port(), tmp).start()
     settings: dict[str, Any] = {"limits": {"queue_size": args.queue_size}}
-    if args.threads:
-        settings["model"] = {"n_threads": args.threads}
-    d = Daemon(broker, tmp, settings=settings).start()
-    swept = settle(d)
     run = uuid.uuid4().hex[:6]
     mix = plan(args.requests, args.seed, args.cancel, args.background)
     shares = [mix[n :: args.clients] for n in range(args.clients)]
-    tallies = [Tally(broker, f"{d.prefix}/response/mix/{run}/c{n}") for n in range(args.clients)]
-    ids: list[list[str]] = [[] for _ in range(args.clients)]
-    deadline = time.monotonic() + args.deadline_s
-    timers: list[threading.Timer] = []
-    timers_lock = threading.Lock()
-
-    def client(n: int) -> None:
-        tally = tallies[n]
-        cancel_at: dict[str, float | None] = {}
-
-        def items():
-            for i, entry in enumerate(shares[n]):
-                rid = f"{run}-c{n}-{i}"
-                ids[n].append(rid)
-                cancel_at[rid] = entry["cancel_after_s"]
-                yield f"{d.prefix}/request/mix{n}", rid, entry["body"]
-
-        def after_send(rid: str) -> None:
-            delay = cancel_at[rid]
-            if delay is not None:
-                timer = threading.Timer(delay, tally.cancel, (f"{d.prefix}/cancel/mix{n}", rid))
-                timer.daemon = True
-                with timers_lock:
-                    timers.append(timer)
-                timer.start()
-
-        run_windowed(tally, items(), args.window, args.timeout_s, deadline, after_send=after_send)
-
-    t0 = time.monotonic()
-    threads = [
-        threading.Thread(target=client, args=(n,), name=f"mix{n}") for n in range(args.clients)
-    ]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - t0
-        # Anything still owed, then a quiet window in which a second terminal reply would show.
-        for tally, rids in zip(tallies, ids, strict=True):
-            tally.wait_all(rids, max(0.0, min(args.timeout_s, deadline - time.monotonic())))
-        time.sleep(args.quiet_s)
-        alive = d.alive()
-    finally:
-        with timers_lock:
-            for timer in timers:
-                timer.cancel()
-        for tally in tallies:
-            tally.close()
-        d.stop()
-        broker.stop()
+    with serving(settings, args.threads) as (broker, d):
+        swept = settle(d)
+        clients = Clients(broker, d, run, args)
+        try:
+            elapsed = clients.drive(shares)
+            alive = d.alive()
+        finally:
+            clients.close()
+    tallies, ids = clients.tallies, clients.ids
 
     # Only what was published counts (the deadline may stop a client between two requests).
     ids = [

@@ -12,16 +12,7 @@ import json
 import time
 import uuid
 
-from bench.common import (
-    Broker,
-    Client,
-    Daemon,
-    free_port,
-    percentile,
-    report,
-    summary,
-    workdir,
-)
+from bench.common import Client, percentile, report, serving, summary
 
 
 def main() -> None:
@@ -29,31 +20,27 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--max-tokens", type=int, default=8)
     args = ap.parse_args()
-    tmp = workdir()
-    broker = Broker(free_port(), tmp).start()
-    d = Daemon(broker, tmp).start()
-    client = Client(broker)
-    topic = f"{d.prefix}/response/bench/{uuid.uuid4().hex}"
-    client.subscribe(topic)
-    body = json.dumps({"prompt": "Say OK.", "max_tokens": args.max_tokens, "temperature": 0})
-    overheads, walls, engines = [], [], []
-    try:
-        for i in range(args.requests + 5):
-            t0 = time.monotonic()
-            client.c.publish(f"{d.prefix}/request", body, qos=1, properties=_props(topic))
-            reply = client.next(topic, 60)
-            wall_ms = (time.monotonic() - t0) * 1000
-            assert reply.body["type"] == "done", reply.body
-            t = reply.body["timings"]
-            engine_ms = t["total_ms"] - t["queue_ms"]
-            if i >= 5:  # warm-up excluded
-                walls.append(wall_ms)
-                engines.append(engine_ms)
-                overheads.append(wall_ms - engine_ms)
-    finally:
-        client.close()
-        d.stop()
-        broker.stop()
+    with serving() as (broker, d):
+        client = Client(broker)
+        topic = f"{d.prefix}/response/bench/{uuid.uuid4().hex}"
+        client.subscribe(topic)
+        body = json.dumps({"prompt": "Say OK.", "max_tokens": args.max_tokens, "temperature": 0})
+        overheads, walls, engines = [], [], []
+        try:
+            for i in range(args.requests + 5):
+                t0 = time.monotonic()
+                client.c.publish(f"{d.prefix}/request", body, qos=1, properties=_props(topic))
+                reply = client.next(topic, 60)
+                wall_ms = (time.monotonic() - t0) * 1000
+                assert reply.body["type"] == "done", reply.body
+                t = reply.body["timings"]
+                engine_ms = t["total_ms"] - t["queue_ms"]
+                if i >= 5:  # warm-up excluded
+                    walls.append(wall_ms)
+                    engines.append(engine_ms)
+                    overheads.append(wall_ms - engine_ms)
+        finally:
+            client.close()
     report(
         "mqtt_overhead_ms",
         {

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import uuid
+from typing import Any
 
-from bench.common import Broker, Daemon, Tally, free_port, report, workdir
+from bench.common import Tally, report, serving
 
 SYSTEM = (
     "You are the voice assistant of a small family home. You control lights, heating, blinds "
@@ -42,34 +43,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    broker = Broker(free_port(), workdir()).start()
     settings = {"governor": {"thread_sweep": False}, "policy": {"reply_topics": ["bench/#"]}}
-    d = Daemon(broker, workdir(), settings=settings).start()
-    tally = Tally(broker, f"bench/cache/{uuid.uuid4().hex[:6]}")
-    rows: dict[str, list[tuple[float, float, int]]] = {"cold": [], "warm": []}
+    with serving(settings) as (broker, d):
+        tally = Tally(broker, f"bench/cache/{uuid.uuid4().hex[:6]}")
+        rows: dict[str, list[tuple[float, float, int]]] = {"cold": [], "warm": []}
 
-    def ask(system: str, question: str) -> tuple[float, float, int]:
-        rid = uuid.uuid4().hex[:12]
-        body = {"system": system, "prompt": question, "max_tokens": 8, "stream": True}
-        tally.send(f"{d.prefix}/request", rid, body)
-        if not tally.wait_all([rid], 60):
-            raise RuntimeError("no answer")
-        done = tally.terminal[rid][0]
-        client_ms = (tally.first_at[rid] - tally.sent_at[rid]) * 1000
-        return done["timings"]["ttft_ms"], client_ms, done["usage"]["prompt_tokens"]
+        def ask(system: str, question: str) -> tuple[float, float, int]:
+            rid = uuid.uuid4().hex[:12]
+            body = {"system": system, "prompt": question, "max_tokens": 8, "stream": True}
+            tally.send(f"{d.prefix}/request", rid, body)
+            if not tally.wait_all([rid], 60):
+                raise RuntimeError("no answer")
+            done = tally.terminal[rid][0]
+            client_ms = (tally.first_at[rid] - tally.sent_at[rid]) * 1000
+            return done["timings"]["ttft_ms"], client_ms, done["usage"]["prompt_tokens"]
 
-    try:
-        ask("You are terse.", "Hi")  # warm-up: weights paged in
-        for r in range(args.rounds):
-            ask("You are a pirate.", "Say hello.")  # another system prompt: the cache moves on
-            rows["cold"].append(ask(SYSTEM, QUESTIONS[r % len(QUESTIONS)]))
-            for k in (1, 2):
-                rows["warm"].append(ask(SYSTEM, QUESTIONS[(r + k) % len(QUESTIONS)]))
-    finally:
-        tally.close()
-        d.stop()
-        broker.stop()
-    result = {}
+        try:
+            ask("You are terse.", "Hi")  # warm-up: weights paged in
+            for r in range(args.rounds):
+                ask("You are a pirate.", "Say hello.")  # another system prompt: the cache moves on
+                rows["cold"].append(ask(SYSTEM, QUESTIONS[r % len(QUESTIONS)]))
+                for k in (1, 2):
+                    rows["warm"].append(ask(SYSTEM, QUESTIONS[(r + k) % len(QUESTIONS)]))
+        finally:
+            tally.close()
+    result: dict[str, Any] = {}
     for kind, got in rows.items():
         result[kind] = {
             "ttft_ms_median": round(statistics.median(g[0] for g in got), 1),

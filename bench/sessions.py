@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import Broker, Daemon, Tally, free_port, report, summary, workdir
+from bench.common import Tally, report, serving, summary
 from bench.prompt_cache import SYSTEM
 
 TURNS = [
@@ -47,55 +47,52 @@ def main() -> None:
         "finishes the last turn's bookkeeping meanwhile); 0: back to back",
     )
     args = ap.parse_args()
-    broker = Broker(free_port(), workdir()).start()
     settings = {"governor": {"thread_sweep": False}, "policy": {"reply_topics": ["bench/#"]}}
-    d = Daemon(broker, workdir(), settings=settings).start()
-    tally = Tally(broker, f"bench/sessions/{uuid.uuid4().hex[:6]}")
+    with serving(settings) as (broker, d):
+        tally = Tally(broker, f"bench/sessions/{uuid.uuid4().hex[:6]}")
 
-    def ask(prompt: str, session: str | None = None, **extra: Any) -> dict[str, Any]:
-        if prompt == FOLLOW_UP:
-            time.sleep(args.pause_s)
-        rid = uuid.uuid4().hex[:12]
-        body = {"system": SYSTEM, "prompt": prompt, "max_tokens": args.reply_tokens}
-        body.update(stream=True, stream_interval_ms=0, temperature=0, **extra)
-        if session is not None:
-            body["session"] = session
-        tally.send(f"{d.prefix}/request", rid, body)
-        if not tally.wait_all([rid], 120):
-            raise RuntimeError("no answer")
-        done = tally.terminal[rid][0]
-        if done.get("type") != "done":
-            raise RuntimeError(f"request failed: {done}")
-        done["client_ms"] = (tally.first_at[rid] - tally.sent_at[rid]) * 1000
-        return done
+        def ask(prompt: str, session: str | None = None, **extra: Any) -> dict[str, Any]:
+            if prompt == FOLLOW_UP:
+                time.sleep(args.pause_s)
+            rid = uuid.uuid4().hex[:12]
+            body = {"system": SYSTEM, "prompt": prompt, "max_tokens": args.reply_tokens}
+            body.update(stream=True, stream_interval_ms=0, temperature=0, **extra)
+            if session is not None:
+                body["session"] = session
+            tally.send(f"{d.prefix}/request", rid, body)
+            if not tally.wait_all([rid], 120):
+                raise RuntimeError("no answer")
+            done = tally.terminal[rid][0]
+            if done.get("type") != "done":
+                raise RuntimeError(f"request failed: {done}")
+            done["client_ms"] = (tally.first_at[rid] - tally.sent_at[rid]) * 1000
+            return done
 
-    def conversation(sid: str) -> None:
-        for turn in TURNS:
-            ask(turn, sid)
+        def conversation(sid: str) -> None:
+            for turn in TURNS:
+                ask(turn, sid)
 
-    rows: dict[str, list[dict[str, Any]]] = {
-        "no_history": [],
-        "live": [],
-        "restored": [],
-        "re_evaluated": [],
-    }
-    try:
-        ask("Hi.")  # warm-up: weights paged in
-        for r in range(args.rounds):
-            tag = f"r{r}-{uuid.uuid4().hex[:6]}"
-            ask(TURNS[0])
-            rows["no_history"].append(ask(FOLLOW_UP))
-            conversation(f"{tag}-a")
-            rows["live"].append(ask(FOLLOW_UP, f"{tag}-a"))
-            conversation(f"{tag}-b")
-            ask("What time is it?", f"{tag}-other")
-            rows["restored"].append(ask(FOLLOW_UP, f"{tag}-b"))
-            conversation(f"{tag}-c")
-            rows["re_evaluated"].append(ask(FOLLOW_UP, f"{tag}-c", seed=r + 1))
-    finally:
-        tally.close()
-        d.stop()
-        broker.stop()
+        rows: dict[str, list[dict[str, Any]]] = {
+            "no_history": [],
+            "live": [],
+            "restored": [],
+            "re_evaluated": [],
+        }
+        try:
+            ask("Hi.")  # warm-up: weights paged in
+            for r in range(args.rounds):
+                tag = f"r{r}-{uuid.uuid4().hex[:6]}"
+                ask(TURNS[0])
+                rows["no_history"].append(ask(FOLLOW_UP))
+                conversation(f"{tag}-a")
+                rows["live"].append(ask(FOLLOW_UP, f"{tag}-a"))
+                conversation(f"{tag}-b")
+                ask("What time is it?", f"{tag}-other")
+                rows["restored"].append(ask(FOLLOW_UP, f"{tag}-b"))
+                conversation(f"{tag}-c")
+                rows["re_evaluated"].append(ask(FOLLOW_UP, f"{tag}-c", seed=r + 1))
+        finally:
+            tally.close()
     result: dict[str, Any] = {}
     for kind, got in rows.items():
         result[kind] = {

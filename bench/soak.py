@@ -24,15 +24,14 @@ from collections import Counter
 from typing import Any
 
 from bench.common import (
-    Broker,
     Daemon,
     Tally,
-    free_port,
     outcomes,
     report,
     rss_mib,
     run_windowed,
-    workdir,
+    serving,
+    threads_arg,
 )
 
 BODY = {"prompt": "Say hi.", "max_tokens": 4, "temperature": 0}
@@ -75,6 +74,59 @@ def http_client(port: int, every_s: float, stop: threading.Event, codes: Counter
             codes[type(err).__name__] += 1
 
 
+class Run:
+    """One soak: its requests (plain or --mix), their cancels, and the RSS readings."""
+
+    def __init__(self, d: Daemon, tally: Tally, args: argparse.Namespace):
+        assert d.proc is not None
+        self.d, self.tally, self.args, self.pid = d, tally, args, d.proc.pid
+        self.tag = uuid.uuid4().hex[:6]
+        self.deadline = time.monotonic() + args.deadline_s
+        self.to_cancel: set[str] = set()
+        self.samples: list[dict[str, Any]] = []
+
+    def request(self, rid: str, i: int) -> tuple[str, str, dict[str, Any]]:
+        body, cancel = mixed(i) if self.args.mix else (BODY, False)
+        if cancel:
+            self.to_cancel.add(rid)
+        return f"{self.d.prefix}/request", rid, body
+
+    def after_send(self, rid: str) -> None:
+        if rid in self.to_cancel:
+            self.tally.cancel(f"{self.d.prefix}/cancel", rid)
+
+    def sample(self, finished: int) -> None:
+        if finished % self.args.sample_every == 0 and self.d.alive():
+            self.samples.append({"requests": finished, "rss_mib": rss_mib(self.pid)})
+
+    def warm_up(self) -> None:
+        """Allocator pools, caches, the first KV-cache fill; then the first reading."""
+        warm = [self.request(f"w{self.tag}-{i}", i) for i in range(self.args.warmup)]
+        a = self.args
+        run_windowed(self.tally, warm, a.window, a.timeout_s, self.deadline, self.after_send)
+        self.samples.append({"requests": 0, "rss_mib": rss_mib(self.pid)})
+
+    def measure(self) -> tuple[list[str], int, float, bool, list[dict[str, Any]]]:
+        """The measured requests: their ids, how many were sent, seconds, alive at the end."""
+        a = self.args
+        ids = [f"s{self.tag}-{i}" for i in range(a.requests)]
+        t0 = time.monotonic()
+        sent = run_windowed(
+            self.tally,
+            (self.request(rid, i) for i, rid in enumerate(ids)),
+            a.window,
+            a.timeout_s,
+            self.deadline,
+            after_send=self.after_send,
+            after_terminal=self.sample,
+        )
+        elapsed = time.monotonic() - t0
+        alive = self.d.alive()
+        if alive and self.samples[-1]["requests"] != sent:
+            self.samples.append({"requests": sent, "rss_mib": rss_mib(self.pid)})
+        return ids, sent, elapsed, alive, self.samples
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=10000, help="measured requests (default 10000)")
@@ -83,7 +135,7 @@ def main() -> None:
     ap.add_argument("--sample-every", type=int, default=500, help="RSS reading every N requests")
     ap.add_argument("--timeout-s", type=float, default=60.0, help="per-request timeout")
     ap.add_argument("--deadline-s", type=float, default=3600.0, help="the whole run at most")
-    ap.add_argument("--threads", type=int, default=None, help="model.n_threads (default: cores)")
+    threads_arg(ap)
     ap.add_argument(
         "--mix", action="store_true", help="sessions, grammars, HA tools, cancels, HTTP"
     )
@@ -91,76 +143,29 @@ def main() -> None:
     ap.add_argument("--dedupe-window-s", type=float, default=None, help="limits.dedupe_window_s")
     args = ap.parse_args()
 
-    tmp = workdir()
-    broker = Broker(free_port(), tmp).start()
     settings: dict = {
         "limits": {"queue_size": max(8, args.window * 2)}
         | ({} if args.dedupe_window_s is None else {"dedupe_window_s": args.dedupe_window_s}),
         "policy": {"rate_limit": {"requests_per_min": None, "tokens_per_min": None}},
     }
-    if args.threads:
-        settings["model"] = {"n_threads": args.threads}
-    d = Daemon(broker, tmp, settings=settings).start()
-    assert d.proc is not None
-    pid = d.proc.pid
-    tally = Tally(broker, f"{d.prefix}/response/soak")
-    request_topic = f"{d.prefix}/request"
-    deadline = time.monotonic() + args.deadline_s
-    run = uuid.uuid4().hex[:6]
-    samples: list[dict] = []
-    cancel_topic = f"{d.prefix}/cancel"
-    to_cancel: set[str] = set()
-    stop_http, http_codes = threading.Event(), Counter()
-
-    def request(rid: str, i: int) -> tuple[str, str, dict[str, Any]]:
-        if not args.mix:
-            return request_topic, rid, BODY
-        body, cancel = mixed(i)
-        if cancel:
-            to_cancel.add(rid)
-        return request_topic, rid, body
-
-    def after_send(rid: str) -> None:
-        if rid in to_cancel:
-            tally.cancel(cancel_topic, rid)
-
-    if args.mix:
-        threading.Thread(
-            target=http_client, args=(d.http_port, args.http_every_s, stop_http, http_codes)
-        ).start()
-    try:
-        warm = [request(f"w{run}-{i}", i) for i in range(args.warmup)]
-        run_windowed(tally, warm, args.window, args.timeout_s, deadline, after_send=after_send)
-        start_rss = rss_mib(pid)
-        samples.append({"requests": 0, "rss_mib": start_rss})
-
-        def sample(finished: int) -> None:
-            if finished % args.sample_every == 0 and d.alive():
-                samples.append({"requests": finished, "rss_mib": rss_mib(pid)})
-
-        ids = [f"s{run}-{i}" for i in range(args.requests)]
-        t0 = time.monotonic()
-        sent = run_windowed(
-            tally,
-            (request(rid, i) for i, rid in enumerate(ids)),
-            args.window,
-            args.timeout_s,
-            deadline,
-            after_send=after_send,
-            after_terminal=sample,
-        )
-        elapsed = time.monotonic() - t0
-        alive = d.alive()
-        end_rss = rss_mib(pid) if alive else None
-        if end_rss is not None and samples[-1]["requests"] != sent:
-            samples.append({"requests": sent, "rss_mib": end_rss})
-    finally:
-        stop_http.set()
-        tally.close()
-        d.stop()
-        broker.stop()
+    stop_http, http_codes = threading.Event(), Counter[str]()
+    with serving(settings, args.threads) as (broker, d):
+        tally = Tally(broker, f"{d.prefix}/response/soak")
+        try:
+            if args.mix:
+                threading.Thread(
+                    target=http_client,
+                    args=(d.http_port, args.http_every_s, stop_http, http_codes),
+                ).start()
+            run = Run(d, tally, args)
+            run.warm_up()
+            ids, sent, elapsed, alive, samples = run.measure()
+        finally:
+            stop_http.set()
+            tally.close()
     result = outcomes(tally, ids[:sent])
-    peak = max(s["rss_mib"] for s in samples)
+    start_rss, peak = samples[0]["rss_mib"], max(s["rss_mib"] for s in samples)
+    end_rss = samples[-1]["rss_mib"] if alive else None
     report(
         "soak",
         {
@@ -182,7 +187,7 @@ def main() -> None:
             "terminal_by_code": result["codes"],
             "errors_by_code": {k: v for k, v in result["codes"].items() if k != "done"},
             "http_statuses": dict(http_codes),
-            "cancelled_at_once": len(to_cancel),
+            "cancelled_at_once": len(run.to_cancel),
             "stray_replies": tally.stray,
             "bad_correlation": tally.bad_correlation,
         },

@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import Broker, Client, Daemon, free_port, report, workdir
+from bench.common import Client, report, serving
 from daemon import models
 from daemon.engine import default_threads
 
@@ -50,49 +50,45 @@ def in_process(path: str, threads: int, max_tokens: int, runs: int) -> list[floa
 def over_mqtt(
     threads: int, max_tokens: int, runs: int, reply_qos: int
 ) -> tuple[list[float], list[float]]:
-    tmp = workdir()
-    broker = Broker(free_port(), tmp).start()
     # Same threads as in-process: no governor (its start-up sweep could pick another count).
     settings = {
         "model": {"n_threads": threads},
         "governor": {"enabled": False},
         "mqtt": {"reply_qos": reply_qos},
     }
-    d = Daemon(broker, tmp, settings=settings).start()
-    client = Client(broker)
-    tps, engine_tps = [], []
-    try:
-        for _ in range(runs + 1):
-            topic = f"{d.prefix}/response/bench/{uuid.uuid4().hex}"
-            client.subscribe(topic)
-            client.publish(
-                f"{d.prefix}/request",
-                json.dumps(
-                    {
-                        "prompt": PROMPT,
-                        "max_tokens": max_tokens,
-                        "temperature": 0,
-                        "stream": True,
-                        # A delta per token (this counts them) at the QoS asked for: deltas are
-                        # coalesced per 40 ms and sent at QoS 0 by default.
-                        "stream_interval_ms": 0,
-                        "delta_qos": reply_qos,
-                    }
-                ),
-                response_topic=topic,
-            )
-            stamps = []
-            while True:
-                r = client.next(topic, 120)
-                if r.body["type"] != "delta":
-                    break
-                stamps.append(time.monotonic())
-            tps.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-            engine_tps.append(r.body["timings"]["tokens_per_s"])
-    finally:
-        client.close()
-        d.stop()
-        broker.stop()
+    with serving(settings) as (broker, d):
+        client = Client(broker)
+        tps, engine_tps = [], []
+        try:
+            for _ in range(runs + 1):
+                topic = f"{d.prefix}/response/bench/{uuid.uuid4().hex}"
+                client.subscribe(topic)
+                client.publish(
+                    f"{d.prefix}/request",
+                    json.dumps(
+                        {
+                            "prompt": PROMPT,
+                            "max_tokens": max_tokens,
+                            "temperature": 0,
+                            "stream": True,
+                            # A delta per token (this counts them) at the QoS asked for: deltas are
+                            # coalesced per 40 ms and sent at QoS 0 by default.
+                            "stream_interval_ms": 0,
+                            "delta_qos": reply_qos,
+                        }
+                    ),
+                    response_topic=topic,
+                )
+                stamps = []
+                while True:
+                    r = client.next(topic, 120)
+                    if r.body["type"] != "delta":
+                        break
+                    stamps.append(time.monotonic())
+                tps.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+                engine_tps.append(r.body["timings"]["tokens_per_s"])
+        finally:
+            client.close()
     return tps[1:], engine_tps[1:]  # the first run warms the page cache and the KV cache
 
 

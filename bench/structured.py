@@ -14,7 +14,7 @@ import statistics
 import uuid
 from typing import Any
 
-from bench.common import Broker, Daemon, Tally, free_port, report, workdir
+from bench.common import Tally, report, serving
 from tests.shapes import SCHEMA, matches
 
 ASKS = [
@@ -35,30 +35,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=50)
     args = ap.parse_args()
-    broker = Broker(free_port(), workdir()).start()
     settings = {"governor": {"thread_sweep": False}, "policy": {"reply_topics": ["bench/#"]}}
-    d = Daemon(broker, workdir(), settings=settings).start()
-    tally = Tally(broker, f"bench/structured/{uuid.uuid4().hex[:6]}")
-    good, seconds, bad = 0, [], []
-    try:
-        for i in range(args.requests):
-            rid = uuid.uuid4().hex[:12]
-            body: dict[str, Any] = {"prompt": ASKS[i % len(ASKS)], "json_schema": SCHEMA}
-            body["max_tokens"] = 64
-            if i % 2 == 0:
-                body["temperature"] = 0
-            tally.send(f"{d.prefix}/request", rid, body)
-            tally.wait_all([rid], 120)
-            reply = tally.terminal[rid][0]
-            seconds.append(tally.terminal_at[rid] - tally.sent_at[rid])
-            if reply.get("type") == "done" and matches(reply.get("parsed")):
-                good += 1
-            else:
-                bad.append(reply.get("text") or reply.get("message"))
-    finally:
-        tally.close()
-        d.stop()
-        broker.stop()
+    with serving(settings) as (broker, d):
+        tally = Tally(broker, f"bench/structured/{uuid.uuid4().hex[:6]}")
+        good, seconds, bad = 0, [], []
+        try:
+            for i in range(args.requests):
+                rid = uuid.uuid4().hex[:12]
+                body: dict[str, Any] = {"prompt": ASKS[i % len(ASKS)], "json_schema": SCHEMA}
+                body["max_tokens"] = 64
+                if i % 2 == 0:
+                    body["temperature"] = 0
+                tally.send(f"{d.prefix}/request", rid, body)
+                tally.wait_all([rid], 120)
+                reply = tally.terminal[rid][0]
+                seconds.append(tally.terminal_at[rid] - tally.sent_at[rid])
+                if reply.get("type") == "done" and matches(reply.get("parsed")):
+                    good += 1
+                else:
+                    bad.append(reply.get("text") or reply.get("message"))
+        finally:
+            tally.close()
     report(
         "structured",
         {

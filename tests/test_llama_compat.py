@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,3 +59,26 @@ def test_the_installed_version_is_a_tested_one_and_the_pin_names_it():
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     pin = re.search(r'"llama-cpp-python==([0-9.]+)"', pyproject)
     assert pin is not None and pin.group(1) in llama_compat.TESTED_VERSIONS
+
+
+def test_the_sampler_of_a_generation_is_freed_at_once(model_path: Path):
+    """Left to llama-cpp-python, each generation's native sampler chain lives until a full
+    garbage collection (a reference cycle): a long-lived daemon's memory creeps."""
+    llm = llama_compat.load_llama(
+        str(model_path), repack=False, n_ctx=128, n_threads=1, verbose=False
+    )
+    try:
+        tokens = llm.tokenize(b"Hello", add_bos=True)
+        stream = llm.generate(tokens, temp=0.0, repeat_penalty=1.1)
+        next(stream)
+        stream.close()
+        sampler = llm._sampler
+        assert sampler is not None and sampler.sampler is not None
+        collections = gc.get_stats()[2]["collections"]
+        llama_compat.release_sampler(llm)
+        assert llm._sampler is None
+        assert sampler.sampler is None  # the native chain is freed, no collection needed
+        assert gc.get_stats()[2]["collections"] == collections
+        llama_compat.release_sampler(llm)  # nothing to free: no error
+    finally:
+        llm.close()

@@ -274,6 +274,7 @@ class Generation:
                     return outcome if isinstance(outcome, tuple) else None
         finally:
             stream.close()
+            llama_compat.release_sampler(llm)
         return None
 
     def _verdict(self, now: float, max_new: int) -> tuple[ErrorCode, str] | str:

@@ -23,6 +23,7 @@ _LLAMA_ATTRS = (
     "n_batch",
     "input_ids",
     "n_tokens",
+    "_sampler",
 )
 _CTX_ATTRS = ("ctx", "set_n_threads", "close")
 _MODEL_ATTRS = ("vocab", "token_get_text", "n_ctx_train", "add_bos_token")
@@ -90,6 +91,17 @@ def check_internals(llm: Any) -> None:
             f"llama-cpp-python {version()} lacks {', '.join(missing)}; edgellm was tested with "
             f"{', '.join(TESTED_VERSIONS)}: install one of those"
         )
+
+
+def release_sampler(llm: Any) -> None:
+    """Free the sampler chain the last generate() made, now. Llama keeps it in _sampler until
+    the next generate() replaces it, and the replaced one is a reference cycle (its ExitStack's
+    callback holds it): its native chain (penalties, grammar) is freed only by a full garbage
+    collection, which a long-lived daemon seldom runs. Measured here: +46 MiB RSS over 4,000
+    generations without this, flat with it (bench/soak.py). Tested: 0.3.36."""
+    sampler, llm._sampler = llm._sampler, None
+    if sampler is not None:
+        sampler.close()
 
 
 def token_text(llm: Any, token: int) -> str:
