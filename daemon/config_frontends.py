@@ -68,6 +68,11 @@ class HttpConfig(_Section):
         le=64 * 1024 * 1024,
         description="Largest request body accepted (128 tools and 256 messages fit).",
     )
+    allow_pull: bool = Field(
+        True,
+        description="Let POST /api/pull download catalog models (never a URL) into model.dir; "
+        "false: such a pull is refused with 403.",
+    )
 
 
 class WyomingConfig(_Section):

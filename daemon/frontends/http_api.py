@@ -24,6 +24,7 @@ from daemon.config import Config
 from daemon.engine import ModelInfo
 from daemon.frontends import http_ollama as ollama
 from daemon.frontends import http_openai as openai
+from daemon.frontends import http_pull as pull
 from daemon.frontends.http_common import STATUS, Exchange, HttpError, ModelCard
 from daemon.frontends.http_server import Bounds, Handler, Server
 from daemon.intake import Intake
@@ -73,6 +74,7 @@ class HttpFrontDoor:
         self._key = api_key.encode() if api_key else None
         self._allowed = cfg.http.clients_allowed
         self.card = ModelCard.of(info, os.stat(info.path).st_mtime)
+        self._pulls = pull.Puller(cfg.model.dir, cfg.http.allow_pull)
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -99,6 +101,7 @@ class HttpFrontDoor:
 
     def stop(self) -> None:
         """Stop listening; handlers still streaming end with their job (the engine stops it)."""
+        self._pulls.stop()
         if self._server is None:
             return
         self._server.shutdown()
@@ -144,7 +147,9 @@ class HttpFrontDoor:
         get = {
             "/": lambda: {"status": "edgellm is running"},
             "/api/version": ollama.version,
-            "/api/tags": lambda: ollama.tags(self.card),
+            "/api/tags": lambda: ollama.tags(
+                self.card, pull.installed_tags(self.cfg.model.dir, self.card)
+            ),
             "/api/ps": lambda: ollama.ps(self.card, self._n_ctx()),
             "/v1/models": lambda: openai.models(self.card),
         }
@@ -175,14 +180,8 @@ class HttpFrontDoor:
         h.send_json(200, ollama.show(self.card, body, self.cfg, self._n_ctx()))
 
     def _pull(self, h: Handler, body: dict[str, Any]) -> None:
-        lines = ollama.pull_lines(self.card, body)
-        if body.get("stream", True) is False:
-            h.send_json(200, lines[-1])
-            return
-        h.start_stream(ollama.NDJSON)
-        for line in lines:
-            h.write_chunk(ollama.encode(line) + b"\n")
-        h.end_stream()
+        # On this handler's thread, following a download on the pull thread (http_pull.py).
+        self._pulls.serve(h, body, self.card)
 
     def _ollama_chat(self, h: Handler, body: dict[str, Any]) -> None:
         req = ollama.chat_request(body, self.card, self.cfg, self._client_of(h))

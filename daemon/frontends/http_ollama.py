@@ -35,7 +35,8 @@ def version() -> dict[str, Any]:
     return {"version": OLLAMA_VERSION, "edgellm": __version__}
 
 
-def tags(card: ModelCard) -> dict[str, Any]:
+def tags(card: ModelCard, installed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The loaded model, then the other installed ones (http_pull.installed_tags)."""
     entry = {
         "name": card.tagged,
         "model": card.tagged,
@@ -44,7 +45,7 @@ def tags(card: ModelCard) -> dict[str, Any]:
         "digest": card.digest,
         "details": card.details(),
     }
-    return {"models": [entry]}
+    return {"models": [entry, *(installed or [])]}
 
 
 def ps(card: ModelCard, n_ctx: int) -> dict[str, Any]:
@@ -88,16 +89,6 @@ def show(card: ModelCard, body: dict[str, Any], cfg: Config, n_ctx: int) -> dict
         "capabilities": ["completion", "tools"] if card.info.tools else ["completion"],
         "modified_at": card.modified_at,
     }
-
-
-def pull_lines(card: ModelCard, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """A pull of the loaded model succeeds at once; edgellm fetches no models over HTTP."""
-    check_model(card, body.get("model") or body.get("name"))
-    return [
-        {"status": "pulling manifest"},
-        {"status": "verifying sha256 digest"},
-        {"status": "success"},
-    ]
 
 
 def _sampling(body: dict[str, Any], cfg: Config) -> Sampling:
@@ -159,7 +150,8 @@ def think_of(value: Any) -> bool | None:
     raise HttpError(400, 'think: true, false, "low", "medium" or "high"')
 
 
-def _stream(body: dict[str, Any]) -> bool:
+def stream_of(body: dict[str, Any]) -> bool:
+    """ollama's `stream`: true unless the body says false."""
     stream = body.get("stream", True)  # ollama streams unless told not to
     if stream is None:
         return True
@@ -174,7 +166,7 @@ def chat_request(body: dict[str, Any], card: ModelCard, cfg: Config, client: str
     sampling = _sampling(body, cfg)
     if sampling.seed is not None and sampling.seed < 0:
         sampling.seed = None  # ollama's -1: a random seed
-    req = make_request(client, sampling, _stream(body), messages=messages, cfg=cfg)
+    req = make_request(client, sampling, stream_of(body), messages=messages, cfg=cfg)
     schema = structured.ollama_format(body.get("format"))
     return structured.structured(req, schema, structured.tools_of(body.get("tools")))
 
@@ -192,7 +184,7 @@ def generate_request(body: dict[str, Any], card: ModelCard, cfg: Config, client:
     if sampling.seed is not None and sampling.seed < 0:
         sampling.seed = None
     req = make_request(
-        client, sampling, _stream(body), prompt=prompt, system=system or None, cfg=cfg
+        client, sampling, stream_of(body), prompt=prompt, system=system or None, cfg=cfg
     )
     return structured.structured(req, structured.ollama_format(body.get("format")))
 

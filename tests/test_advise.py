@@ -1,0 +1,133 @@
+"""`edgellm advise`: what fits a device and how fast, from the catalog's facts and the speeds
+measured (`edgellm bench`) or published for the board; fake boards at the sensor-root seam."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from daemon import advise, device, estimate
+from daemon.catalog import CATALOG
+from daemon.estimate import MIB, Shape
+from tests import fakesys
+
+SMALL = Shape("small", 100 * MIB, 0.15e9, 49152, 576, 30, 23040, 8192, True, False)
+
+
+def test_a_model_fits_is_tight_or_does_not_by_memory_and_disk():
+    need = estimate.fit(SMALL, 10_000 * MIB, 200 * MIB, None).need
+    assert need > SMALL.size + SMALL.kv_bytes_per_token * 8192  # compute buffers counted
+    assert estimate.fit(SMALL, need + 200 * MIB, 200 * MIB, None).verdict == "fits"
+    tight = estimate.fit(SMALL, need + 100 * MIB, 200 * MIB, None)
+    assert tight.verdict == "tight" and tight.context == 8192  # only without the margin
+    smaller = estimate.fit(SMALL, need - 100 * MIB, 200 * MIB, None)
+    assert smaller.verdict == "tight" and 2048 <= smaller.context < 8192
+    assert estimate.fit(SMALL, 150 * MIB, 200 * MIB, None).verdict == "no"
+    no_disk = estimate.fit(SMALL, 10_000 * MIB, 200 * MIB, 50 * MIB)
+    assert no_disk.verdict == "no" and "disk" in no_disk.reason
+    unknown = estimate.fit(SMALL, None, 200 * MIB, None)
+    assert unknown.verdict == "tight" and "unknown" in unknown.reason
+
+
+def test_a_published_anchor_gives_back_its_own_figures_and_scales_by_size():
+    rates = estimate.published_rates("raspberry-pi-5")
+    assert rates is not None and "Pi 5" in rates.basis
+    anchor = estimate._QWEN05_Q4_0
+    speeds = estimate.estimate_speeds(anchor, rates)
+    assert speeds.prompt_tps == pytest.approx(290.0)
+    assert speeds.decode_tps == pytest.approx(34.0)
+    bigger = replace(anchor, size=anchor.size * 2, kv_bytes_per_token=anchor.kv_bytes_per_token * 2)
+    assert estimate.estimate_speeds(bigger, rates).decode_tps == pytest.approx(17.0)
+    assert estimate.published_rates("generic") is None
+
+
+def test_every_catalog_model_has_the_facts_advise_needs():
+    for name, entry in CATALOG.items():
+        shape = advise.shape_of(entry)
+        assert shape is not None, name
+        assert shape.size > 0 and shape.kv_bytes_per_token > 0 and shape.prompt_flops > 0
+        if entry.sha256 is not None:
+            assert len(entry.sha256) == 64 and entry.size
+    tools = {n for n, e in CATALOG.items() if e.facts and e.facts.tools}
+    assert {"qwen2.5-0.5b", "qwen3-4b", "llama3.2-1b"} <= tools
+    assert "smollm2-135m" not in tools and "gemma3-1b" not in tools
+
+
+def _device(root: Path, tmp_path: Path) -> device.Device:
+    return device.read(tmp_path / "models", root)
+
+
+def test_a_pi5_with_8_gb_is_advised_from_published_figures(tmp_path: Path):
+    dev = _device(fakesys.pi5(tmp_path / "root"), tmp_path)
+    assert dev.board == "raspberry-pi-5" and dev.mem_available is not None
+    advice = {a.model: a for a in advise.advise(dev, {}, set())}
+    assert advice["qwen2.5-1.5b"].fit.verdict == "fits"
+    assert advice["qwen2.5-1.5b"].speeds is not None
+    assert advice["qwen2.5-1.5b"].speeds.basis.startswith("estimated from published Pi 5")
+    rec = advise.recommend(list(advice.values()))
+    assert rec["home_assistant"] is not None and CATALOG[rec["home_assistant"]].facts.tools
+    assert rec["voice"] is not None
+
+
+def test_a_pi4_with_2_gb_cannot_take_the_large_models(tmp_path: Path):
+    dev = _device(fakesys.pi4(tmp_path / "root"), tmp_path)
+    advice = {a.model: a for a in advise.advise(dev, {}, set())}
+    assert advice["qwen3-4b"].fit.verdict == "no"
+    assert advice["smollm2-135m"].fit.verdict == "fits"
+    rec = advise.recommend(list(advice.values()))
+    assert rec["home_assistant"] not in ("qwen3-4b", "llama3.2-3b", "phi4-mini")
+
+
+def test_a_board_with_no_readings_gets_advice_not_a_crash(tmp_path: Path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    dev = _device(root, tmp_path)
+    assert dev.mem_available is None and dev.features == () and dev.board == "generic"
+    advice = advise.advise(dev, {}, set())
+    assert all(a.fit.verdict == "tight" for a in advice)  # memory unknown
+    assert all(a.speeds is None for a in advice)  # a generic board has no published figures
+
+
+def test_a_bench_on_this_device_is_used_as_measured_and_scales_the_others(tmp_path: Path):
+    dev = _device(fakesys.pi5(tmp_path / "root"), tmp_path)
+    result = {
+        "model": "smollm2-135m",
+        "size": CATALOG["smollm2-135m"].size,
+        "measured_at": "2026-12-02T00:00:00Z",
+        "machine": {"cpu": dev.cpu},
+        "facts": {
+            "params": 134515008,
+            "n_vocab": 49152,
+            "n_embd": 576,
+            "n_layer": 30,
+            "kv_bytes_per_token": 23040,
+            "n_ctx_train": 8192,
+        },
+        "prompt_tps": {"512": 400.0, "ha": 300.0},
+        "decode_tps": {"1": 40.0, "2": 60.0},
+        "ttft_s": {"cold_ha": 15.0, "warm_ha": 0.4},
+    }
+    advice = {a.model: a for a in advise.advise(dev, {"smollm2-135m": result}, set())}
+    own = advice["smollm2-135m"].speeds
+    assert own is not None and own.basis.startswith("measured")
+    assert (own.prompt_tps, own.decode_tps) == (300.0, 60.0)
+    other = advice["gemma3-270m"].speeds
+    assert other is not None and "smollm2-135m measured on this device" in other.basis
+    assert other.decode_tps < own.decode_tps  # a bigger file: slower decode
+    elsewhere = {**result, "machine": {"cpu": "another CPU"}}
+    moved = {a.model: a for a in advise.advise(dev, {"smollm2-135m": elsewhere}, set())}
+    assert moved["smollm2-135m"].speeds.basis.startswith("estimated from published")
+
+
+def test_the_report_is_json_and_the_table_names_every_model(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    report = advise.run(tmp_path / "models", {"smollm2-135m"})
+    text = json.dumps(report)
+    assert json.loads(text)["recommended"].keys() == {"voice", "home_assistant"}
+    table = advise.render(report)
+    for name in CATALOG:
+        assert name in table
+    assert "not installed" in table
