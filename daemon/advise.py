@@ -27,6 +27,7 @@ class Advice:
     speeds: Speeds | None
     tools: bool
     chat: bool
+    params_b: float
 
 
 def shape_of(entry: CatalogEntry) -> Shape | None:
@@ -81,29 +82,42 @@ def advise(dev: device.Device, results: dict[str, Any], installed: set[str]) -> 
         disk = None if name in installed else dev.disk_free
         fit = estimate.fit(shape, dev.mem_available, dev.margin, disk)
         out.append(
-            Advice(name, entry.description, name in installed, fit, speeds, shape.tools, entry.chat)
+            Advice(
+                name,
+                entry.description,
+                name in installed,
+                fit,
+                speeds,
+                shape.tools,
+                entry.chat,
+                round(shape.params / 1e9, 2),
+            )
         )
     return out
 
 
 def recommend(advice: list[Advice]) -> dict[str, str | None]:
-    """The largest model that fits and is fast enough, for voice and for HA control (tight
-    ones only when none fits)."""
+    """The largest model (by parameters) that fits and is fast enough, for voice and for HA
+    control (tight ones only when none fits)."""
 
     def pick(ok: Any) -> str | None:
         for verdicts in (("fits",), ("fits", "tight")):
             good = [a for a in advice if a.chat and a.fit.verdict in verdicts and ok(a)]
             if good:
-                return max(good, key=lambda a: a.fit.need).model
+                return max(good, key=lambda a: a.params_b).model
         return None
 
     def voice(a: Advice) -> bool:
-        return a.speeds is None or a.speeds.decode_tps >= estimate.VOICE_DECODE_MIN
+        return a.speeds is None or (
+            a.speeds.decode_tps >= estimate.VOICE_DECODE_MIN
+            and a.speeds.ttft_warm_s <= estimate.VOICE_WARM_TTFT_MAX_S
+        )
 
     def control(a: Advice) -> bool:
         fast = a.speeds is None or (
             a.speeds.decode_tps >= estimate.HA_DECODE_MIN
             and a.speeds.ttft_warm_s <= estimate.HA_WARM_TTFT_MAX_S
+            and a.speeds.ttft_cold_s <= estimate.HA_COLD_TTFT_MAX_S
         )
         return a.tools and fast
 

@@ -25,8 +25,10 @@ COMPUTE_SHARE = 0.10
 COMPUTE_MIN = 64 * MIB
 MIN_CONTEXT = 2048  # below this a model is no use for Home Assistant
 VOICE_DECODE_MIN = 8.0  # tok/s: well ahead of speech (~3 tokens a second)
+VOICE_WARM_TTFT_MAX_S = 1.0  # a spoken follow-up starts within a second
 HA_DECODE_MIN = 4.0
-HA_WARM_TTFT_MAX_S = 5.0
+HA_WARM_TTFT_MAX_S = 3.0
+HA_COLD_TTFT_MAX_S = 120.0  # the first call after a start (HA's prefix is then kept)
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,19 @@ class Speeds:
     prompt_tps: float
     decode_tps: float
     basis: str  # "measured on this device" or "estimated from ..."
+    cold_s: float | None = None  # measured TTFTs, where there are some
+    warm_s: float | None = None
 
     @property
     def ttft_cold_s(self) -> float:
+        if self.cold_s is not None:
+            return self.cold_s
         return HA_PROMPT_TOKENS / self.prompt_tps + 1 / self.decode_tps
 
     @property
     def ttft_warm_s(self) -> float:
+        if self.warm_s is not None:
+            return self.warm_s
         return WARM_NEW_TOKENS / self.prompt_tps + 1 / self.decode_tps
 
 
@@ -166,4 +174,12 @@ def shape_from_bench(name: str, result: dict[str, Any], chat: bool, tools: bool)
 def measured_speeds(result: dict[str, Any]) -> Speeds:
     decode = max(float(v) for v in result["decode_tps"].values())
     prompt = float(result["prompt_tps"]["ha"])
-    return Speeds(prompt, decode, "measured on this device (edgellm bench)")
+    ttft = result.get("ttft_s", {})
+    cold, warm = ttft.get("cold_ha"), ttft.get("warm_ha")
+    return Speeds(
+        prompt,
+        decode,
+        "measured on this device (edgellm bench)",
+        None if cold is None else float(cold),
+        None if warm is None else float(warm),
+    )

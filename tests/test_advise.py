@@ -131,3 +131,25 @@ def test_the_report_is_json_and_the_table_names_every_model(tmp_path: Path, monk
     for name in CATALOG:
         assert name in table
     assert "not installed" in table
+
+
+def test_the_picks_are_the_largest_that_fit_and_are_fast_enough():
+    def one(name: str, params_b: float, verdict: str, decode: float, warm: float, tools: bool):
+        speeds = estimate.Speeds(500.0, decode, "estimated", 10.0, warm)
+        fit = estimate.Fit(verdict, 1, 8192, "")
+        return advise.Advice(name, "", False, fit, speeds, tools, True, params_b)
+
+    pool = [
+        one("big-slow", 4.0, "fits", 5.0, 4.0, True),  # too slow to speak, too slow a follow-up
+        one("mid", 1.7, "fits", 12.0, 0.8, True),
+        one("small", 0.5, "fits", 40.0, 0.2, True),
+        one("huge", 8.0, "no", 50.0, 0.1, True),  # fast but does not fit
+    ]
+    assert advise.recommend(pool) == {"voice": "mid", "home_assistant": "mid"}
+    no_tools = [replace(a, tools=False) for a in pool]
+    assert advise.recommend(no_tools)["home_assistant"] is None
+    tight_only = [
+        a if a.fit.verdict == "no" else replace(a, fit=replace(a.fit, verdict="tight"))
+        for a in pool
+    ]
+    assert advise.recommend(tight_only)["voice"] == "mid"  # tight ones when none fits
