@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from daemon import downloads, hub, models
 from daemon.catalog import CatalogEntry, HubSource, ModelError
+from tests import fakehub
 from tests.fakehub import (
     COMMIT,
     DROP_AFTER,
@@ -25,8 +25,6 @@ from tests.fakehub import (
     fake_gguf,
     sha256,
 )
-from tests.fakehub import HubHandler as _Handler
-from tests.fakehub import HubServer as _Server
 
 
 @pytest.fixture
@@ -36,24 +34,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
         monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(var.upper(), raising=False)
     monkeypatch.setattr(downloads, "RETRY_DELAYS_S", (0.0, 0.0))
-    state = FakeHub()
-    servers, threads = [], []
-    for role in ("hub", "cdn"):
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake, server.role = state, role
-        servers.append(server)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        threads.append(thread)
-    state.hub_port, state.cdn_port = (s.server_address[1] for s in servers)
-    monkeypatch.setenv("HF_ENDPOINT", state.endpoint)
-    try:
+    with fakehub.serving(FakeHub()) as state:
+        monkeypatch.setenv("HF_ENDPOINT", state.endpoint)
         yield state
-    finally:
-        for server, thread in zip(servers, threads, strict=True):
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
 
 
 def leftovers(directory: Path) -> list[str]:
