@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon import benchreport
 from daemon.catalog import DEFAULT_MODEL
 
 VERSION = 1
@@ -63,6 +64,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--decode-tokens", type=_count, metavar="N", default=64, help="per sample (64)")
     p.add_argument("--repeats", type=_count, metavar="N", default=3, help="median of N (3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--png", type=Path, metavar="FILE", help="draw every model benched here")
 
 
 def _count(text: str) -> int:
@@ -86,8 +88,10 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({key: result}, indent=1))
     else:
-        print(format_table(key, result))
+        print(benchreport.format_table(key, result, WARM_TOKENS))
         print(f"stored in {results_path()}")
+    if args.png is not None:
+        print(f"drawn in {benchreport.draw(load_results(), args.png)}")
     return 0
 
 
@@ -378,23 +382,3 @@ def store(key: str, result: dict[str, Any], path: Path | None = None) -> Path:
     tmp.write_text(json.dumps({"version": VERSION, "results": results}, indent=1), "utf-8")
     os.replace(tmp, path)
     return path
-
-
-def format_table(key: str, r: dict[str, Any]) -> str:
-    """A few lines for people."""
-    m, f, t, ttft, tps = r["machine"], r["facts"], r["temp_c"], r["ttft_s"], r["prompt_tps"]
-    repack = f"{'on' if r['load']['repack'] else 'off'} ({r['load']['repack_source']})"
-    decode = "  ".join(f"{n}: {v:.1f}" for n, v in r["decode_tps"].items())
-    temp = "no sensor" if t["before"] is None else f"{t['before']} -> {t['after']} °C"
-    lines = [
-        f"{key}: {f['params'] / 1e6:.0f} M params, {r['size'] / 2**20:.0f} MiB, "
-        f"n_ctx_train {f['n_ctx_train']}, KV {f['kv_bytes_per_token']} B/token",
-        f"machine: {m['cpu']}, {m['usable_cores']} cores, board {m['board']}, "
-        f"llama-cpp-python {m['llama_cpp_python']}, repack {repack}",
-        f"prompt tok/s ({m['prompt_threads']} threads): 512 tokens {tps['512']:.1f}, "
-        f"{r['ha_prompt_tokens']} (HA) {tps['ha']:.1f}",
-        f"TTFT HA: cold {ttft['cold_ha']:.3f} s, warm (+{WARM_TOKENS}) {ttft['warm_ha']:.3f} s",
-        f"decode tok/s by threads: {decode}  (best {r['best_threads']})",
-        f"peak RSS {r['peak_rss_mib']} MiB; temperature {temp}",
-    ]
-    return "\n".join(lines)

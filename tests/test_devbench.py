@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon import cli, devbench
+from daemon import benchreport, cli, devbench
 from daemon.catalog import DEFAULT_MODEL
 from daemon.engine import cpuprobe
 
@@ -106,7 +106,7 @@ def test_the_table_names_the_model_and_where_it_was_stored(
     private_state: Path, capsys: pytest.CaptureFixture[str]
 ):
     result = devbench.load_results()[DEFAULT_MODEL]
-    text = devbench.format_table(DEFAULT_MODEL, result)
+    text = benchreport.format_table(DEFAULT_MODEL, result, devbench.WARM_TOKENS)
     assert DEFAULT_MODEL in text and "decode tok/s by threads: 1:" in text
     assert str(private_state) in str(devbench.results_path())
 
@@ -165,3 +165,14 @@ def test_a_cpu_the_probe_refused_is_refused_before_loading(
     assert cli.main(["bench", str(model_path), *TINY]) == 5
     assert "GGML_NATIVE=OFF" in capsys.readouterr().err
     assert devbench.load_results() == {}
+
+
+def test_the_png_draws_every_model_benched_here(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    result = {
+        "machine": {"cpu": "a CPU", "board": "generic"},
+        "decode_tps": {"1": 50.0, "2": 70.0},
+        "prompt_tps": {"512": 400.0, "ha": 260.0},
+    }
+    out = benchreport.draw({"a": result, "b": result}, tmp_path / "bench.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
