@@ -67,8 +67,10 @@ def device_rates(dev: device.Device, results: dict[str, Any]) -> Rates | None:
     return estimate.published_rates(dev.board)
 
 
-def advise(dev: device.Device, results: dict[str, Any], installed: set[str]) -> list[Advice]:
-    rates = device_rates(dev, results)
+def advise(
+    dev: device.Device, results: dict[str, Any], installed: set[str], rates: Rates | None
+) -> list[Advice]:
+    """Every catalog model's fit and speeds on dev (rates: device_rates(dev, results))."""
     out = []
     for name, entry in CATALOG.items():
         shape = shape_of(entry)
@@ -128,8 +130,8 @@ def run(models_dir: Path, installed: set[str]) -> dict[str, Any]:
     """Everything advise prints, as one JSON-able dict."""
     dev = device.read(models_dir)
     results = devbench.load_results()
-    advice = advise(dev, results, installed)
     rates = device_rates(dev, results)
+    advice = advise(dev, results, installed, rates)
     return {
         "device": asdict(dev),
         "speeds_basis": rates.basis if rates is not None else None,

@@ -56,6 +56,10 @@ def test_every_catalog_model_has_the_facts_advise_needs():
     assert "smollm2-135m" not in tools and "gemma3-1b" not in tools
 
 
+def _advise(dev: device.Device, results: dict, installed: set[str]) -> list[advise.Advice]:
+    return advise.advise(dev, results, installed, advise.device_rates(dev, results))
+
+
 def _device(root: Path, tmp_path: Path) -> device.Device:
     return device.read(tmp_path / "models", root)
 
@@ -63,7 +67,7 @@ def _device(root: Path, tmp_path: Path) -> device.Device:
 def test_a_pi5_with_8_gb_is_advised_from_published_figures(tmp_path: Path):
     dev = _device(fakesys.pi5(tmp_path / "root"), tmp_path)
     assert dev.board == "raspberry-pi-5" and dev.mem_available is not None
-    advice = {a.model: a for a in advise.advise(dev, {}, set())}
+    advice = {a.model: a for a in _advise(dev, {}, set())}
     assert advice["qwen2.5-1.5b"].fit.verdict == "fits"
     assert advice["qwen2.5-1.5b"].speeds is not None
     assert advice["qwen2.5-1.5b"].speeds.basis.startswith("estimated from published Pi 5")
@@ -74,7 +78,7 @@ def test_a_pi5_with_8_gb_is_advised_from_published_figures(tmp_path: Path):
 
 def test_a_pi4_with_2_gb_cannot_take_the_large_models(tmp_path: Path):
     dev = _device(fakesys.pi4(tmp_path / "root"), tmp_path)
-    advice = {a.model: a for a in advise.advise(dev, {}, set())}
+    advice = {a.model: a for a in _advise(dev, {}, set())}
     assert advice["qwen3-4b"].fit.verdict == "no"
     assert advice["smollm2-135m"].fit.verdict == "fits"
     rec = advise.recommend(list(advice.values()))
@@ -86,7 +90,7 @@ def test_a_board_with_no_readings_gets_advice_not_a_crash(tmp_path: Path):
     root.mkdir()
     dev = _device(root, tmp_path)
     assert dev.mem_available is None and dev.features == () and dev.board == "generic"
-    advice = advise.advise(dev, {}, set())
+    advice = _advise(dev, {}, set())
     assert all(a.fit.verdict == "tight" for a in advice)  # memory unknown
     assert all(a.speeds is None for a in advice)  # a generic board has no published figures
 
@@ -110,7 +114,7 @@ def test_a_bench_on_this_device_is_used_as_measured_and_scales_the_others(tmp_pa
         "decode_tps": {"1": 40.0, "2": 60.0},
         "ttft_s": {"cold_ha": 15.0, "warm_ha": 0.4},
     }
-    advice = {a.model: a for a in advise.advise(dev, {"smollm2-135m": result}, set())}
+    advice = {a.model: a for a in _advise(dev, {"smollm2-135m": result}, set())}
     own = advice["smollm2-135m"].speeds
     assert own is not None and own.basis.startswith("measured")
     assert (own.prompt_tps, own.decode_tps) == (300.0, 60.0)
@@ -118,7 +122,7 @@ def test_a_bench_on_this_device_is_used_as_measured_and_scales_the_others(tmp_pa
     assert other is not None and "smollm2-135m measured on this device" in other.basis
     assert other.decode_tps < own.decode_tps  # a bigger file: slower decode
     elsewhere = {**result, "machine": {"cpu": "another CPU"}}
-    moved = {a.model: a for a in advise.advise(dev, {"smollm2-135m": elsewhere}, set())}
+    moved = {a.model: a for a in _advise(dev, {"smollm2-135m": elsewhere}, set())}
     assert moved["smollm2-135m"].speeds.basis.startswith("estimated from published")
 
 

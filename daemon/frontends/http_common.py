@@ -10,6 +10,7 @@ import queue
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
@@ -101,14 +102,11 @@ class ModelCard:
 
     @classmethod
     def of(cls, info: ModelInfo, mtime: float) -> ModelCard:
-        # A stand-in digest from path, size and mtime: hashing the weights would read the whole
-        # file at start (seconds on an SD card) for a field no client checks.
-        ident = f"{info.path}:{info.size_bytes}:{mtime}".encode()
         return cls(
             name=info.name,
             info=info,
             modified_at=datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z"),
-            digest=hashlib.sha256(ident).hexdigest(),
+            digest=stand_in_digest(info.path, info.size_bytes, mtime),
             loaded_at=time.time(),
         )
 
@@ -298,3 +296,9 @@ def make_request(
         deadline=now + cfg.limits.request_timeout_s,
         client=client,
     )
+
+
+def stand_in_digest(path: str | Path, size: int, mtime: float) -> str:
+    """A model's digest for ollama's listings, from path, size and mtime: hashing the weights
+    would read the whole file (seconds on an SD card) for a field no client checks."""
+    return hashlib.sha256(f"{path}:{size}:{mtime}".encode()).hexdigest()

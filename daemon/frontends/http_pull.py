@@ -10,7 +10,6 @@ block, its .part kept for the next pull to resume (as ollama stops one whose cli
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import struct
 import threading
@@ -26,7 +25,7 @@ import structlog
 from daemon import models
 from daemon.catalog import CATALOG, Facts, ModelError
 from daemon.downloads import PartKept
-from daemon.frontends.http_common import HttpError, ModelCard, encode
+from daemon.frontends.http_common import HttpError, ModelCard, encode, stand_in_digest
 from daemon.frontends.http_ollama import NDJSON, stream_of
 from daemon.frontends.http_server import Handler
 
@@ -275,8 +274,8 @@ def installed_tags(models_dir: Path | None, card: ModelCard) -> list[dict[str, A
                 .isoformat()
                 .replace("+00:00", "Z"),
                 "size": st.st_size,
-                # The stand-in ModelCard.of makes, so the entry keeps its digest once loaded.
-                "digest": hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime}".encode()).hexdigest(),
+                # ModelCard's, so the entry keeps its digest once loaded.
+                "digest": stand_in_digest(path, st.st_size, st.st_mtime),
                 "details": {
                     "parent_model": "",
                     "format": "gguf",
