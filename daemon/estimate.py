@@ -183,3 +183,24 @@ def measured_speeds(result: dict[str, Any]) -> Speeds:
         None if cold is None else float(cold),
         None if warm is None else float(warm),
     )
+
+
+def swap_shortfall(
+    size: int, kv_bytes_per_token: int | None, mem_available: int | None, freed: int, margin: int
+) -> str | None:
+    """Why a model of `size` bytes cannot replace the loaded one, or None when it can: it needs
+    its weights, compute buffers and MIN_CONTEXT tokens of KV (the context then grows as far as
+    memory allows), with the board's margin, out of what is available now plus what unloading
+    the current model frees. Unknown memory is no reason to refuse."""
+    if mem_available is None:
+        return None
+    need = size + max(COMPUTE_MIN, int(size * COMPUTE_SHARE))
+    need += (kv_bytes_per_token or 0) * MIN_CONTEXT
+    room = mem_available + freed - margin
+    if need <= room:
+        return None
+    return (
+        f"it needs {need // MIB} MiB and {max(room, 0) // MIB} MiB would be free with the "
+        f"current model unloaded (available {mem_available // MIB} MiB, the board keeps "
+        f"{margin // MIB} MiB)"
+    )

@@ -140,7 +140,11 @@ class Intake:
     """The checks between a front door and the engine, the same for every front door."""
 
     def __init__(
-        self, cfg: Config, engine: Engine, counters: Counter, memory_ok: Callable[[], bool]
+        self,
+        cfg: Config,
+        engine: Engine | None,
+        counters: Counter,
+        memory_ok: Callable[[], bool],
     ):
         self.cfg = cfg
         self.engine = engine
@@ -150,6 +154,8 @@ class Intake:
         self.recent = RecentRequests(cfg.limits.dedupe_window_s)
         self.limiter = RateLimiter(cfg.policy.rate_limit)
         self.accepting = False
+        # The model slot's word (daemon/slot.py): why not now and when to retry, or None.
+        self.gate: Callable[[], tuple[str, float] | None] = lambda: None
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: the allow-list, the rate limit and the duplicate window follow the config."""
@@ -185,6 +191,12 @@ class Intake:
                 {"retry_after_s": RETRY_AFTER_S},
             )
             return
+        closed = self.gate()
+        if closed is not None:
+            job.finish_error(
+                ErrorCode.BUSY, closed[0], {"reason": "model", "retry_after_s": closed[1]}
+            )
+            return
         retry_after = self.limiter.admit(req.client)
         if retry_after is not None:
             job.finish_error(
@@ -200,13 +212,16 @@ class Intake:
                 {"reason": "memory", "retry_after_s": RETRY_AFTER_S},
             )
             return
+        engine = self.engine  # None only while the model slot has no model (gate() said so)
         try:
-            self.engine.submit(job)
+            if engine is None:
+                raise QueueFull
+            engine.submit(job)
         except QueueFull:
             job.finish_error(
                 ErrorCode.BUSY,
                 f"queue is full ({self.cfg.limits.queue_size} waiting); try again later",
-                {"queue_depth": self.engine.queue_depth, "retry_after_s": self._backlog()},
+                {"queue_depth": engine and engine.queue_depth, "retry_after_s": self._backlog()},
             )
         except WouldMissDeadline as err:
             job.finish_error(
@@ -230,12 +245,12 @@ class Intake:
 
     def _backlog(self) -> float:
         """Seconds until the queue has room again, as well as the engine can tell."""
-        backlog = self.engine.backlog_s()
+        backlog = self.engine.backlog_s() if self.engine is not None else None
         return round(backlog, 2) if backlog else RETRY_AFTER_S
 
     def cancel(self, rid: str, client: str) -> None:
         """Cancel a request of this client's (a client cancels only its own)."""
-        found = self.engine.cancel(rid, client)
+        found = self.engine is not None and self.engine.cancel(rid, client)
         log.info("cancel", id=rid, client=client, found=found)
 
     def reset_session(self, client: str, session: str) -> None:
@@ -244,5 +259,5 @@ class Intake:
         if not client_allowed(self.cfg.policy.clients_allowed, client):
             log.warning("session_reset_refused", client=client)
             return
-        found = self.engine.memory.reset(SessionKey(client, session))
+        found = self.engine is not None and self.engine.memory.reset(SessionKey(client, session))
         log.info("session_reset", client=client, found=found)

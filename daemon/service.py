@@ -19,16 +19,19 @@ from daemon.engine.history import make_memory
 from daemon.frontends import ha_discovery
 from daemon.frontends.http_api import HttpFrontDoor
 from daemon.frontends.mqtt import Transport
+from daemon.frontends.mqtt_admin import ModelCommand
 from daemon.frontends.mqtt_door import MqttFrontDoor
 from daemon.frontends.mqtt_messages import status_payload, telemetry_payload
 from daemon.frontends.topics import Topics, ha_status
 from daemon.frontends.wyoming_handle import WyomingDoor
 from daemon.governor.loop import Steering
+from daemon.governor.snapshot import SensorSource
 from daemon.governor.sources import make_sensors
 from daemon.intake import Intake
 from daemon.reload import plan_reload
 from daemon.safeguards.policy import load_classifier
 from daemon.sdnotify import Notifier, worker_alive
+from daemon.slot import ModelSlot
 
 log = structlog.get_logger(__name__)
 
@@ -66,33 +69,24 @@ class Service:
         self._engine_factory = engine_factory
         self.counters: Counter = Counter()
         self._model_path = model_path
-        self.engine: Engine | None = None
+        self.slot: ModelSlot | None = None  # the loaded model's owner (daemon/slot.py)
         self.transport: Transport | None = None
-        self.info: ModelInfo | None = None
         self.steering: Steering | None = None
         self.intake: Intake | None = None
         self.door: MqttFrontDoor | None = None
         self.http: HttpFrontDoor | None = None
         self.wyoming: WyomingDoor | None = None
-        self.verdict: cpuprobe.Verdict | None = None
+        self._sensors: SensorSource | None = None
+
+    @property
+    def engine(self) -> Engine | None:
+        """The loaded model's engine: None before start and while no model is loaded."""
+        return self.slot.engine if self.slot is not None else None
 
     def status_details(self) -> dict[str, Any]:
-        info, engine = self.info, self.engine
         details: dict[str, Any] = {"node_id": self.cfg.node_id, "version": __version__}
-        if info is not None and engine is not None:
-            details.update(
-                model=info.name, chat=info.chat, n_ctx=engine.n_ctx, threads=engine.threads
-            )
-            if engine.sweep is not None:
-                # The measured speed per thread count, recorded where anyone can read it.
-                details["thread_sweep"] = {
-                    str(n): tps for n, tps in engine.sweep.tokens_per_s.items()
-                }
-                if (batch := engine.sweep.batch_tokens_per_s) is not None:
-                    details["prefill_sweep"] = {str(n): tps for n, tps in batch.items()}
-                details["threads_batch"] = engine.threads_batch
-        if self.verdict is not None:
-            details["cpu_repack"] = self.verdict.repack
+        if self.slot is not None:
+            details.update(self.slot.details())
         details["request_topic"] = self.topics.request
         if self.http is not None:
             details["http_port"] = self.http.port
@@ -116,19 +110,6 @@ class Service:
         """The governor's memory admission (always True without a governor)."""
         return self.steering is None or self.steering.admit
 
-    def _decide_repack(self, path: Path) -> cpuprobe.Verdict:
-        """Weight repacking on or off, probing this CPU once (see daemon/cpuprobe.py)."""
-        self.notifier.status("checking that llama.cpp runs on this CPU")
-        verdict = cpuprobe.decide(self.cfg.model.cpu_repack, path)
-        log.info(
-            "cpu_verdict",
-            repack=verdict.repack,
-            source=verdict.source,
-            probed=verdict.modes,
-            probe_s=round(verdict.probe_s, 2),
-        )
-        return verdict
-
     def run(self) -> int:
         """Start, serve until stop_event is set, shut down in order; return the exit code."""
         t0 = time.monotonic()
@@ -148,44 +129,34 @@ class Service:
             log.error("model_unavailable", error=str(err))
             return EXIT_MODEL
         try:
-            self.verdict = self._decide_repack(path)
             classifier = load_classifier(self.cfg.policy.classifier)
-        except cpuprobe.CpuUnsupported as err:
-            log.error("cpu_unsupported", error=str(err))
-            return EXIT_CPU
         except ValueError as err:
             log.error("classifier_unavailable", error=str(err))
             return EXIT_CONFIG
-        self.engine = self._engine_factory(
-            path,
-            self.cfg.model.name,
-            self.cfg.model,
-            self.cfg.generation,
-            self.cfg.limits,
-            repack=self.verdict.repack,
-            policy=self.cfg.policy,
-            classifier=classifier,
-            memory=make_memory(self.cfg.sessions),
-        )
-        self.intake = Intake(self.cfg, self.engine, self.counters, self._memory_ok)
+        memory = make_memory(self.cfg.sessions)  # one for every model: a swap keeps the turns
+
+        def build(path: Path, name: str, verdict: cpuprobe.Verdict) -> Engine:
+            cfg = self.cfg
+            return self._engine_factory(
+                path, name, cfg.model, cfg.generation, cfg.limits, repack=verdict.repack,
+                policy=cfg.policy, classifier=classifier, memory=memory,
+            )  # fmt: skip
+
+        self.slot = ModelSlot(self.cfg, build, self._on_model, self.notifier.status)
+        self.intake = Intake(self.cfg, None, self.counters, self._memory_ok)
+        self.intake.gate = self.slot.gate
         transport = self._connect(self.intake)
-        self.notifier.status("loading model")
-        gov = self.cfg.governor
         try:
-            self.info = self.engine.start(sweep_threads=gov.enabled and gov.thread_sweep)
-        except EngineError as err:
-            log.error("model_load_failed", error=str(err))
+            info = self.slot.start(self.cfg.model.name, path)
+        except (cpuprobe.CpuUnsupported, EngineError) as err:
+            cpu = isinstance(err, cpuprobe.CpuUnsupported)
+            log.error("cpu_unsupported" if cpu else "model_load_failed", error=str(err))
             transport.stop()
-            return EXIT_MODEL
-        if gov.enabled:
-            sensors = make_sensors(self.cfg.monitor)
-            self.steering = Steering(
-                self.cfg, self.engine, self.info, sensors, self._publish_telemetry
-            )
-            self.steering.start()
+            return EXIT_CPU if cpu else EXIT_MODEL
+        self._on_model()
         self.intake.accepting = True
         self._start_http()
-        self._start_wyoming(self.intake, self.info)
+        self._start_wyoming(self.intake, info)
         transport.set_status(self._status("online"))
         self.notifier.status("connecting to the broker")
         return None
@@ -194,16 +165,9 @@ class Service:
         """The HTTP API, once the model is ready; a port already taken leaves MQTT serving."""
         if not self.cfg.http.enabled:
             return
-        assert self.intake is not None and self.info is not None and self.engine is not None
-        engine = self.engine
-        door = HttpFrontDoor(
-            self.cfg,
-            self.intake,
-            self.counters,
-            self.info,
-            lambda: engine.n_ctx,
-            http_api_key(self.cfg.http),
-        )
+        assert self.intake is not None and self.slot is not None
+        key = http_api_key(self.cfg.http)
+        door = HttpFrontDoor(self.cfg, self.intake, self.counters, self.slot, key)
         if door.start():
             self.http = door
 
@@ -219,7 +183,7 @@ class Service:
             on_request=self.door.on_request,
             on_cancel=self.door.on_cancel,
             offline_payload=self._status("offline"),
-            routes={**self._ha_routes(), **self.door.routes()},
+            routes={**self._ha_routes(), **self.door.routes(), **self._admin_routes()},
             on_subscribed=self._announce,
         )
         self.door.transport = self.transport
@@ -232,28 +196,53 @@ class Service:
         if not ha.discovery:
             return {}
         return {
-            ha_status(ha.prefix): lambda _t, p: self._on_ha_status(p),
+            ha_status(ha.prefix): lambda _t, p: self._announce(p),
             self.topics.sweep_command: lambda _t, _p: self.on_signal("press"),
         }
 
-    def _announce(self) -> None:
-        """After every (re)subscribe: publish the retained discovery message, or, with discovery
-        off, an empty retained one that removes the device. The node keeps no record of what it
+    def _admin_routes(self) -> dict[str, Any]:
+        assert self.slot is not None
+        return {self.topics.model_command: ModelCommand(self.slot, self._refresh).on_message}
+
+    def _refresh(self) -> None:
+        if self.transport is not None:
+            self.transport.set_status(self._status("online"))
+
+    def _announce(self, ha_said: bytes = b"online") -> None:
+        """After every (re)subscribe, and when Home Assistant says "online" after its restart
+        (as its docs ask): publish the retained discovery message, or, with discovery off, an
+        empty retained one that removes the device. The node keeps no record of what it
         announced before: clearing costs one message and always finds what an earlier run left."""
-        assert self.transport is not None
+        if self.transport is None or ha_said.strip() != b"online":
+            return
         ha = self.cfg.homeassistant
         topic = self.topics.ha_config(ha.prefix)
         if not ha.discovery:
             self.transport.retain(topic, ha_discovery.REMOVE)
             log.info("ha_discovery_removed", topic=topic)
             return
-        payload = ha_discovery.config_payload(self.topics, self.cfg.model.name, __version__)
+        info = self.slot.info if self.slot is not None else None
+        model = info.name if info is not None else self.cfg.model.name
+        payload = ha_discovery.config_payload(self.topics, model, __version__)
         self.transport.retain(topic, payload)
         log.info("ha_discovery_published", topic=topic, bytes=len(payload))
 
-    def _on_ha_status(self, payload: bytes) -> None:
-        # Home Assistant says "online" after a restart: announce again, as its docs ask.
-        if payload.strip() == b"online":
+    def _on_model(self) -> None:
+        """The slot loaded, swapped or unloaded the model: what follows the model follows."""
+        assert self.slot is not None and self.intake is not None
+        engine, info = self.slot.engine, self.slot.info
+        self.intake.engine = engine
+        if self.steering is not None:
+            self.steering.stop()
+            self.steering = None
+        if self.cfg.governor.enabled and engine is not None and info is not None:
+            self._sensors = self._sensors or make_sensors(self.cfg.monitor)
+            self.steering = Steering(self.cfg, engine, info, self._sensors, self._publish_telemetry)
+            self.steering.start()
+        if self.wyoming is not None and info is not None:
+            self.wyoming.follow(info.name, info.metadata)
+        if self.intake.accepting:
+            self._refresh()
             self._announce()
 
     def _start_wyoming(self, intake: Intake, info: ModelInfo) -> None:
@@ -265,7 +254,7 @@ class Service:
 
     def _serve(self, t0: float) -> tuple[int, bytes | None]:
         """The main loop until stopped: the exit code, and the offline status to leave."""
-        assert self.engine is not None and self.transport is not None
+        assert self.transport is not None
         ready = False
         sweep_published = None
         last_ping = 0.0
@@ -274,11 +263,12 @@ class Service:
             if self.transport.fatal_event.is_set():
                 log.error("mqtt_fatal", error=self.transport.fatal)
                 return EXIT_MQTT, None
-            if self.engine.failed.is_set():
+            if (failure := self._failure()) is not None:
                 # Never a dead worker behind an `online` status: say why, exit, get restarted.
-                return EXIT_ENGINE, self._status("offline", self.engine.failure)
-            self.engine.expire_waiting()
-            self.engine.memory.expire()
+                return EXIT_ENGINE, self._status("offline", failure)
+            if (engine := self.engine) is not None:
+                engine.expire_waiting()
+                engine.memory.expire()
             if not ready and self.transport.ready.is_set():
                 # READY only once the model is loaded and the request topic is subscribed.
                 ready = True
@@ -288,8 +278,8 @@ class Service:
                     startup_ms=round((now - t0) * 1000, 1),
                     request_topic=self.topics.request,
                 )
-            if self.engine.sweep is not sweep_published:
-                sweep_published = self.engine.sweep
+            if engine is not None and engine.sweep is not sweep_published:
+                sweep_published = engine.sweep
                 self.transport.set_status(self._status("online"))
             self._take_signals()
             interval = self.notifier.watchdog_interval_s
@@ -298,23 +288,31 @@ class Service:
                 self._watchdog(now, 2 * interval)
         return EXIT_OK, None
 
+    def _failure(self) -> str | None:
+        """Why no model can serve any more (the service exits to be restarted), or None."""
+        engine = self.engine
+        if engine is not None and engine.failed.is_set():
+            return engine.failure
+        return self.slot.failure if self.slot is not None else None
+
     def _take_signals(self) -> None:
-        assert self.engine is not None
         while self._signals:
             signalled = self._signals.popleft()
             if signalled == "stop":
                 self.stop_event.set()
             elif signalled == "reload":
                 self.reload()
-            elif signalled in ("sweep", "press"):  # SIGUSR1, Home Assistant's button
+            elif signalled in ("sweep", "press") and self.engine:  # SIGUSR1, HA's button
                 log.info("thread_sweep_requested", source="home_assistant" * (signalled == "press"))
                 self.engine.request_sweep()
 
     def _status_line(self) -> str:
-        assert self.engine is not None
+        engine, info = self.engine, self.slot and self.slot.info
+        if engine is None or not info:
+            return f"no model loaded ({self.slot and self.slot.state}) on {self.topics.request}"
         return (
-            f"serving {self.cfg.model.name} on {self.topics.request}: "
-            f"{self.engine.threads} threads, n_ctx {self.engine.n_ctx}, "
+            f"serving {info.name} on {self.topics.request}: "
+            f"{engine.threads} threads, n_ctx {engine.n_ctx}, "
             f"{self.counters['done']} done"
         )
 
@@ -325,12 +323,12 @@ class Service:
         half of WatchdogSec, the daemon asks systemd to act now (WATCHDOG=trigger) rather than
         waiting for the pings to run out: a wedge is then caught within WatchdogSec.
         """
-        assert self.engine is not None
-        if worker_alive(self.engine.heartbeat, now, watchdog_s / 2):
+        engine = self.engine  # None while a model loads: the load has its own time limit
+        if engine is None or worker_alive(engine.heartbeat, now, watchdog_s / 2):
             self.notifier.watchdog()
             self.notifier.status(self._status_line())
         else:
-            log.error("engine_wedged", silent_s=round(now - self.engine.heartbeat, 1))
+            log.error("engine_wedged", silent_s=round(now - engine.heartbeat, 1))
             self.notifier.watchdog_trigger()
 
     def on_signal(self, what: str) -> None:
@@ -344,7 +342,7 @@ class Service:
 
     def reload(self) -> None:
         """Re-read config.yaml: apply what can change live, report what needs a restart."""
-        assert self.engine is not None and self.transport is not None
+        assert self.slot is not None and self.transport is not None
         self.notifier.reloading()
         try:
             new = config.load(self._config_path, self._overrides)
@@ -356,7 +354,9 @@ class Service:
         self.cfg = plan.config
         if any(k.startswith("logging.") for k in plan.applied):
             logsetup.configure(self.cfg.logging.level, self.cfg.logging.format)
-        self.engine.update_settings(self.cfg.generation, self.cfg.limits, self.cfg.policy)
+        self.slot.cfg = self.cfg  # the next model loads with it
+        if (engine := self.engine) is not None:
+            engine.update_settings(self.cfg.generation, self.cfg.limits, self.cfg.policy)
         assert self.intake is not None and self.door is not None
         self.intake.reconfigure(self.cfg)
         self.door.cfg = self.cfg
@@ -364,8 +364,8 @@ class Service:
             self.wyoming.cfg = self.cfg
         if self.steering is not None:
             self.steering.reconfigure(self.cfg)
-        if "model.n_threads" in plan.applied or "model.n_ctx" in plan.applied:
-            self.engine.set_limits(
+        if engine and ("model.n_threads" in plan.applied or "model.n_ctx" in plan.applied):
+            engine.set_limits(
                 threads=self.cfg.model.n_threads or default_threads(), n_ctx=self.cfg.model.n_ctx
             )
         log.info("reloaded", applied=list(plan.applied), needs_restart=list(plan.needs_restart))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -193,7 +194,7 @@ def _service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     service: Any = Service(cfg, config_path=path, notifier=Notifier(None))
     service.logsetup_calls = []
     monkeypatch.setattr(logsetup, "configure", lambda *a, **k: service.logsetup_calls.append(a))
-    service.engine = StubEngine()
+    service.slot = SimpleNamespace(engine=StubEngine(), cfg=cfg, info=None)
     service.transport = StubTransport()
     service.intake = Intake(cfg, service.engine, Counter(), lambda: True)
     service.door = MqttFrontDoor(cfg, service.topics, service.intake, Counter())

@@ -199,11 +199,11 @@ class Engine:
     def busy(self) -> bool:
         return self._current is not None
 
-    def stop(self, grace_s: float) -> None:
+    def stop(self, grace_s: float, reason: str = "the daemon is shutting down") -> None:
         """Refuse new work, let the running job finish within grace_s, then free the model."""
         self._stop.set()
         for job in self._queue.drain():
-            job.finish_error(ErrorCode.CANCELLED, "the daemon is shutting down", NOTHING_YET)
+            job.finish_error(ErrorCode.CANCELLED, reason, NOTHING_YET)
         deadline = time.monotonic() + grace_s
         while self._current is not None and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -2,13 +2,16 @@
 
 Like the MQTT door it is an adapter: each generation becomes a Request for Intake.take, so the
 allow-list, rate limit, queue, deadlines, governor and cancel apply alike. Metadata endpoints
-answer from a ModelCard built at start and never touch the engine's queue.
+answer from the loaded model's ModelCard and never touch the engine's queue. A request that
+names another installed model swaps it in first (daemon/slot.py), as ollama loads a model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
+import math
 import os
 import queue
 import re
@@ -21,7 +24,6 @@ from typing import Any, Protocol
 import structlog
 
 from daemon.config import Config
-from daemon.engine import ModelInfo
 from daemon.frontends import http_ollama as ollama
 from daemon.frontends import http_openai as openai
 from daemon.frontends import http_pull as pull
@@ -29,6 +31,7 @@ from daemon.frontends.http_common import STATUS, Exchange, HttpError, ModelCard
 from daemon.frontends.http_server import Bounds, Handler, Server
 from daemon.intake import Intake
 from daemon.requests import SESSION_PATTERN, Done, ErrorCode, Request, StreamMode
+from daemon.slot import ModelSlot, SwapError
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +40,8 @@ POLL_S = 0.2
 # The request header naming a session (the node keeps its turns; docs/HTTP.md).
 SESSION_HEADER = "X-Edgellm-Session"
 _SESSION_RE = re.compile(SESSION_PATTERN)
+# How long a request that names another model waits for it to load (ollama waits too).
+LOAD_WAIT_S = 300.0
 
 
 class Wire(Protocol):
@@ -63,21 +68,54 @@ class HttpFrontDoor:
         cfg: Config,
         intake: Intake,
         counters: Counter,
-        info: ModelInfo,
-        n_ctx: Callable[[], int],
+        slot: ModelSlot,
         api_key: str | None,
     ):
         self.cfg = cfg
         self._intake = intake
         self._counters = counters
-        self._n_ctx = n_ctx
+        self._slot = slot
+        self._card: ModelCard | None = None
         self._key = api_key.encode() if api_key else None
         self._allowed = cfg.http.clients_allowed
-        self.card = ModelCard.of(info, os.stat(info.path).st_mtime)
         self._pulls = pull.Puller(cfg.model.dir, cfg.http.allow_pull)
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
+
+    @property
+    def card(self) -> ModelCard:
+        """The loaded model's card (made anew after a swap; the last one while none is loaded)."""
+        info, card = self._slot.info, self._card
+        if info is not None and (card is None or card.info is not info):
+            card = self._card = ModelCard.of(info, os.stat(info.path).st_mtime)
+        assert card is not None, "the HTTP door starts once a model is loaded"
+        return card
+
+    def _n_ctx(self) -> int:
+        engine = self._slot.engine
+        return engine.n_ctx if engine is not None else self.card.info.n_ctx
+
+    def _select(self, model: Any) -> None:
+        """Load the model a request names when it is installed but not loaded (or the node has
+        unloaded it), waiting while it loads; other names are left to check_model's 404."""
+        if not isinstance(model, str) or not model.strip():
+            return
+        card, name = self.card, model.strip().removesuffix(":latest")
+        if card.matches(model):
+            if self._slot.state == "loaded":
+                return
+            name = card.name
+        elif not self._slot.installed(name):
+            return
+        try:
+            self._slot.want(name, LOAD_WAIT_S)
+        except SwapError as err:
+            code = {404: "model_not_found", 503: "busy"}.get(err.status, "model_unavailable")
+            refused = HttpError(err.status, err.message, code)
+            if err.retry_after_s is not None:
+                refused.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
+            raise refused from None
 
     def start(self) -> bool:
         """Listen on http.bind:http.port; False (logged) when it cannot, e.g. the port is taken."""
@@ -150,7 +188,9 @@ class HttpFrontDoor:
             "/api/tags": lambda: ollama.tags(
                 self.card, pull.installed_tags(self.cfg.model.dir, self.card)
             ),
-            "/api/ps": lambda: ollama.ps(self.card, self._n_ctx()),
+            "/api/ps": lambda: (
+                ollama.ps(self.card, self._n_ctx()) if self._slot.engine else {"models": []}
+            ),
             "/v1/models": lambda: openai.models(self.card),
         }
         if method in ("GET", "HEAD") and path in get:
@@ -177,6 +217,7 @@ class HttpFrontDoor:
     # -- endpoints ------------------------------------------------------------------------------
 
     def _show(self, h: Handler, body: dict[str, Any]) -> None:
+        self._select(body.get("model") or body.get("name"))
         h.send_json(200, ollama.show(self.card, body, self.cfg, self._n_ctx()))
 
     def _pull(self, h: Handler, body: dict[str, Any]) -> None:
@@ -184,22 +225,50 @@ class HttpFrontDoor:
         self._pulls.serve(h, body, self.card)
 
     def _ollama_chat(self, h: Handler, body: dict[str, Any]) -> None:
+        if body.get("messages") in (None, []):
+            self._load_or_unload(h, body, {"message": {"role": "assistant", "content": ""}})
+            return
+        self._select(body.get("model"))
         req = ollama.chat_request(body, self.card, self.cfg, self._client_of(h))
         self._generate(h, req, ollama.OllamaWire(self.card.tagged, chat=True))
+        self._unload_after(body)
 
     def _ollama_generate(self, h: Handler, body: dict[str, Any]) -> None:
         if body.get("prompt") in (None, ""):
-            # ollama's way to load a model (or, with keep_alive 0, to unload it): nothing to
-            # generate. The model is loaded already and stays loaded (docs/HTTP.md).
-            ollama.check_model(self.card, body.get("model"))
-            unload = ollama.keep_alive_s(body.get("keep_alive")) == 0
-            reply = {"model": self.card.tagged, "created_at": ollama.iso_now(), "response": ""}
-            h.send_json(200, {**reply, "done": True, "done_reason": "unload" if unload else "load"})
+            self._load_or_unload(h, body, {"response": ""})
             return
+        self._select(body.get("model"))
         req = ollama.generate_request(body, self.card, self.cfg, self._client_of(h))
         self._generate(h, req, ollama.OllamaWire(self.card.tagged, chat=False))
+        self._unload_after(body)
+
+    def _load_or_unload(self, h: Handler, body: dict[str, Any], empty: dict[str, Any]) -> None:
+        """ollama's way to load a model, or with keep_alive 0 to unload it: a request with
+        nothing to generate (docs/HTTP.md, Models)."""
+        unload = ollama.keep_alive_s(body.get("keep_alive")) == 0
+        if unload:
+            ollama.check_model(self.card, body.get("model"))
+            self._unload()
+        else:
+            self._select(body.get("model"))
+            ollama.check_model(self.card, body.get("model"))
+        reply = {"model": self.card.tagged, "created_at": ollama.iso_now(), **empty}
+        h.send_json(200, {**reply, "done": True, "done_reason": "unload" if unload else "load"})
+
+    def _unload_after(self, body: dict[str, Any]) -> None:
+        """keep_alive 0 on a generation: answered, then the model is unloaded."""
+        if ollama.keep_alive_s(body.get("keep_alive")) == 0:
+            with contextlib.suppress(HttpError):
+                self._unload()
+
+    def _unload(self) -> None:
+        try:
+            self._slot.unload()
+        except SwapError as err:
+            raise HttpError(err.status, err.message, "busy") from None
 
     def _openai_chat(self, h: Handler, body: dict[str, Any]) -> None:
+        self._select(body.get("model"))
         req = openai.chat_request(body, self.card, self.cfg, self._client_of(h))
         usage = openai.include_usage(body)
         self._generate(h, req, openai.OpenAIWire(self.card.name, req.id, usage))

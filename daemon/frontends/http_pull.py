@@ -253,12 +253,16 @@ def status_of(err: ModelError) -> int:
 
 
 def installed_tags(models_dir: Path | None, card: ModelCard) -> list[dict[str, Any]]:
-    """ollama's /api/tags entries of the catalog models installed (verified by their sidecar,
-    cheaply), the loaded one left out: its entry comes from its card."""
+    """ollama's /api/tags entries of the catalog chat models installed (verified by their
+    sidecar, cheaply), the loaded one left out: its entry comes from its card. A base model
+    (no chat template) is left out too: chat clients pick from this list (Home Assistant's
+    form offers it), and every chat request would then be refused; /api/generate still loads it."""
     entries = []
     for name, path in models.installed(models_dir):
         entry = CATALOG.get(name)
         if entry is None or path is None or card.matches(name) or str(path) == card.info.path:
+            continue
+        if not entry.chat:
             continue
         try:
             st = path.stat()

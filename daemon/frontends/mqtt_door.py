@@ -65,7 +65,8 @@ class MqttFrontDoor:
         hops = msg.fleet_hops
         if hops is None or hops >= self.cfg.fleet.max_hops or self.transport is None:
             return False
-        backlog = self._intake.engine.backlog_s()
+        engine = self._intake.engine
+        backlog = engine.backlog_s() if engine is not None else None
         soon = backlog is not None and backlog <= self.cfg.fleet.start_within_s
         if self._intake.accepting and soon:
             return False

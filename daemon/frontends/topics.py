@@ -155,6 +155,12 @@ class Topics:
         return f"{self.base}/command/thread_sweep"
 
     @property
+    def model_command(self) -> str:
+        """Where an administrator loads, swaps or unloads the model (under command/: the
+        shipped broker ACL lets only trusted users write there; docs/MODELS.md)."""
+        return f"{self.base}/command/model"
+
+    @property
     def ha_event(self) -> str:
         """The reply topic Home Assistant's event entity watches: an automation names it as
         reply_to. Under the reply tree of the user ``homeassistant`` (the shipped ACL's name for

@@ -225,6 +225,10 @@ class WyomingDoor:
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
 
+    def follow(self, model: str, metadata: dict[str, str]) -> None:
+        """Another model was swapped in: describe it from now on."""
+        self.info = info_event(self.cfg, model, metadata)
+
     def start(self) -> bool:
         """Listen on wyoming.host:port; False (logged) when it cannot, e.g. the port is taken."""
         wcfg = self.cfg.wyoming
