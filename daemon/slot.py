@@ -28,11 +28,11 @@ from typing import Any
 
 import structlog
 
-from daemon import models
+from daemon import devbench, models
 from daemon.catalog import CATALOG
 from daemon.config import Config
 from daemon.engine import Engine, EngineError, ModelInfo, cpuprobe
-from daemon.estimate import swap_shortfall
+from daemon.estimate import measured_speeds, swap_shortfall
 from daemon.governor import boards
 from daemon.governor.memory import MemoryReader
 from daemon.governor.policy import kv_bytes_per_token
@@ -46,6 +46,23 @@ _DRAIN_POLL_S = 0.05
 
 # Builds (does not start) an engine for a model file: name, path, and the CPU's verdict.
 EngineBuilder = Callable[[Path, str, cpuprobe.Verdict], Engine]
+
+
+def benched(name: str) -> dict[str, float | None] | None:
+    """What `edgellm bench` measured of this model on this device, or None (daemon/devbench.py)."""
+    result = devbench.load_results().get(name)
+    try:
+        speeds = measured_speeds(result) if isinstance(result, dict) else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # a result of another shape: say nothing rather than something wrong
+    if speeds is None:
+        return None
+    return {
+        "prompt_tps": round(speeds.prompt_tps, 1),
+        "decode_tps": round(speeds.decode_tps, 1),
+        "ttft_cold_s": speeds.cold_s,
+        "ttft_warm_s": speeds.warm_s,
+    }
 
 
 class SwapError(Exception):
@@ -172,6 +189,8 @@ class ModelSlot:
                 details["threads_batch"] = engine.threads_batch
         if verdict is not None:
             details["cpu_repack"] = verdict.repack
+        if info is not None and (bench := benched(info.name)) is not None:
+            details["bench"] = bench
         return details
 
     def installed(self, name: str) -> bool:

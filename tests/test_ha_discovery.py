@@ -161,6 +161,20 @@ def test_the_templates_read_the_real_payloads():
     assert event["event_type"] == "error" and event["id"] == "q1"
 
 
+def test_the_model_and_its_benchmark_come_from_the_status_message():
+    cmps = ha_discovery.device_config(TOPICS, None, "1")["cmps"]
+    bench = {"prompt_tps": 269.8, "decode_tps": 159.8, "ttft_cold_s": 17.0, "ttft_warm_s": 0.6}
+    status = status_payload("online", {"model": "smollm2-135m", "bench": bench})
+    for key in ("model", "bench_decode", "bench_prompt"):
+        assert cmps[key]["state_topic"] == TOPICS.status
+    assert render(cmps["model"]["value_template"], status) == "smollm2-135m"
+    assert render(cmps["bench_decode"]["value_template"], status) == "159.8"
+    assert render(cmps["bench_prompt"]["value_template"], status) == "269.8"
+    never_benched = status_payload("online", {"model": "gemma3-270m"})
+    assert render(cmps["bench_decode"]["value_template"], never_benched) == "None"
+    assert render(cmps["model"]["value_template"], status_payload("online", {})) == "None"
+
+
 def test_topics_and_config():
     assert TOPICS.ha_config("homeassistant") == "homeassistant/device/edgellm_kitchen/config"
     assert Topics("home/llm", "pi").ha_config("ha") == "ha/device/home_llm_pi/config"

@@ -126,7 +126,7 @@ def test_openai_client_streams_a_chat(node: Daemon):
             404,
             "not found",
         ),
-        ("/api/chat", json.dumps({"model": MODEL}).encode(), 400, "messages"),
+        ("/api/chat", json.dumps({"model": MODEL, "messages": "hi"}).encode(), 400, "messages"),
         (
             "/api/chat",
             b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": '

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon import config
+from daemon import config, devbench
 from daemon.engine import EngineError, ModelInfo
 from daemon.estimate import MIB, swap_shortfall
 from daemon.frontends.mqtt_admin import parse
@@ -27,6 +27,8 @@ class FakeEngine:
         self.failed = threading.Event()
         self.failure = None
         self.n_ctx = 4096
+        self.threads = self.threads_batch = 2
+        self.sweep = None
         self.queue_depth = 0
         self.stopped_with: str | None = None
 
@@ -201,3 +203,27 @@ def test_the_model_command_payloads(payload: bytes, parsed: tuple[str, str | Non
 def test_bad_model_commands_are_refused(payload: bytes) -> None:
     with pytest.raises(ValueError):
         parse(payload)
+
+
+def test_the_status_reports_what_edgellm_bench_measured(
+    h: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert "bench" not in h.slot.details()
+    result = {
+        "decode_tps": {"1": 120.5, "2": 159.84},
+        "prompt_tps": {"short": 412.7, "ha": 269.81},
+        "ttft_s": {"cold_ha": 17.0, "warm_ha": 0.62},
+    }
+    devbench.store(OLD, result)
+    details = h.slot.details()
+    assert details["model"] == OLD and details["model_state"] == "loaded"
+    assert details["bench"] == {
+        "prompt_tps": 269.8,
+        "decode_tps": 159.8,
+        "ttft_cold_s": 17.0,
+        "ttft_warm_s": 0.62,
+    }
+    devbench.store(OLD, {"decode_tps": "garbled"})
+    assert "bench" not in h.slot.details()

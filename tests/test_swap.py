@@ -162,6 +162,16 @@ def test_keep_alive_0_unloads_and_the_next_request_loads_it_again(on_chat: Daemo
     assert chat.done and loaded(on_chat) == [f"{CHAT}:latest"]
 
 
+def test_the_chat_api_unloads_and_loads_with_no_messages(on_chat: Daemon) -> None:
+    url = f"http://{LOOPBACK}:{on_chat.http_port}/api/chat"
+    gone = httpx.post(url, json={"model": CHAT, "messages": [], "keep_alive": 0}, timeout=WAIT_S)
+    assert gone.status_code == 200 and gone.json()["done_reason"] == "unload"
+    assert loaded(on_chat) == []
+    back = httpx.post(url, json={"model": f"{CHAT}:latest"}, timeout=WAIT_S).json()
+    assert back["done_reason"] == "load" and back["message"] == {"role": "assistant", "content": ""}
+    assert loaded(on_chat) == [f"{CHAT}:latest"]
+
+
 def test_mqtt_unloaded_node_answers_busy_then_serves(on_chat: Daemon, client: Client) -> None:
     api(on_chat).generate(model=CHAT, keep_alive=0)
     first = client.until_terminal(send(client, on_chat, {"prompt": "Hi", "max_tokens": 4}))

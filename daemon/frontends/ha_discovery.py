@@ -90,6 +90,23 @@ _TELEMETRY_ENTITIES: dict[str, tuple[str, str, str, dict[str, Any]]] = {
 }
 
 
+# key -> (name, template over the status message, extra keys): what the node says of its model.
+_STATUS_ENTITIES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "model": ("Model", "{{ value_json.get('model') }}", {"icon": "mdi:brain"}),
+    # Measured by `edgellm bench` on this device (docs/MODELS.md); unknown until it has run.
+    "bench_decode": (
+        "Benchmarked speed",
+        "{{ value_json.get('bench', {}).get('decode_tps') }}",
+        {"unit_of_measurement": "tokens/s", "icon": "mdi:speedometer-medium"},
+    ),
+    "bench_prompt": (
+        "Benchmarked prompt speed",
+        "{{ value_json.get('bench', {}).get('prompt_tps') }}",
+        {"unit_of_measurement": "tokens/s", "icon": "mdi:speedometer-medium"},
+    ),
+}
+
+
 def device_config(topics: Topics, model: str | None, version: str) -> dict[str, Any]:
     """The discovery payload of one node: its device, origin and components."""
     oid = topics.ha_object_id()
@@ -110,6 +127,15 @@ def device_config(topics: Topics, model: str | None, version: str) -> dict[str, 
             "name": name,
             "state_topic": topics.telemetry,
             "value_template": template,
+            **extra,
+        }
+    for key, (name, template, extra) in _STATUS_ENTITIES.items():
+        components[key] = {
+            "p": "sensor",
+            "name": name,
+            "state_topic": topics.status,
+            "value_template": template,
+            "entity_category": "diagnostic",
             **extra,
         }
     components["measure_threads"] = {
