@@ -294,10 +294,12 @@ def test_a_pulled_model_is_listed_and_pulls_again_at_once(node: Daemon, hub: Fak
     assert [p.status for p in api(node).pull(HUB_MODEL, stream=True)][-1] == "success"
     assert api(node).pull(f"{HUB_MODEL}:latest").status == "success"
     assert len(hub.seen) == seen and f.gets == 1
-    # Installed is not loaded: this node still serves its one model (docs/HTTP.md).
-    with pytest.raises(ollama.ResponseError, match="this node serves") as err:
+    # Naming it loads it (docs/MODELS.md, Swapping): these bytes are no model, so the load
+    # fails, the model that served before serves again, and the error says why.
+    with pytest.raises(ollama.ResponseError, match=f"cannot load model '{HUB_MODEL}'") as err:
         api(node).chat(model=HUB_MODEL, messages=[{"role": "user", "content": "Hi"}])
-    assert err.value.status_code == 404
+    assert err.value.status_code == 500
+    assert [m.model for m in api(node).ps().models] == [f"{MODEL}:latest"]
 
 
 def test_a_pull_whose_client_left_stops_and_the_next_resumes(

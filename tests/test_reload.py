@@ -194,11 +194,11 @@ def _service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     service: Any = Service(cfg, config_path=path, notifier=Notifier(None))
     service.logsetup_calls = []
     monkeypatch.setattr(logsetup, "configure", lambda *a, **k: service.logsetup_calls.append(a))
-    service.slot = SimpleNamespace(engine=StubEngine(), cfg=cfg, info=None)
+    info = ModelInfo("m", "/m", 1, 2048, 8192, 2, 2, True, {})
+    service.slot = SimpleNamespace(engine=StubEngine(), cfg=cfg, info=info, details=dict)
     service.transport = StubTransport()
     service.intake = Intake(cfg, service.engine, Counter(), lambda: True)
     service.door = MqttFrontDoor(cfg, service.topics, service.intake, Counter())
-    info = ModelInfo("m", "/m", 1, 2048, 8192, 2, 2, True, {})
     service.steering = Steering(cfg, service.engine, info, NoSensors(), lambda body: None)
     return service, path
 

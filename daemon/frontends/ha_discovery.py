@@ -118,6 +118,28 @@ def device_config(topics: Topics, model: str | None, version: str) -> dict[str, 
             "payload_not_available": "offline",
         }
     ]
+    components = _components(topics)
+    for key, component in components.items():
+        # Every entity carries its own availability and a unique id (needed to edit it in HA).
+        component["unique_id"] = f"{oid}_{key}"
+        component["availability"] = availability
+    device: dict[str, Any] = {
+        "ids": [oid],
+        "name": f"edgellm {topics.node_id}",
+        "mf": "edgellm",
+        "sw": version,
+    }
+    if model is not None:
+        device["mdl"] = model
+    return {
+        "dev": device,
+        "o": {"name": "edgellm", "sw": version},
+        "cmps": components,
+    }
+
+
+def _components(topics: Topics) -> dict[str, dict[str, Any]]:
+    """Each entity's own keys: telemetry and status sensors, the button, the reply event."""
     components: dict[str, dict[str, Any]] = {}
     for key, (platform, name, field, extra) in _TELEMETRY_ENTITIES.items():
         template = _flag(field) if platform == "binary_sensor" else _telemetry(field)
@@ -154,23 +176,7 @@ def device_config(topics: Topics, model: str | None, version: str) -> dict[str, 
         "value_template": EVENT_TEMPLATE,
         "icon": "mdi:message-reply-text",
     }
-    for key, component in components.items():
-        # Every entity carries its own availability and a unique id (needed to edit it in HA).
-        component["unique_id"] = f"{oid}_{key}"
-        component["availability"] = availability
-    device: dict[str, Any] = {
-        "ids": [oid],
-        "name": f"edgellm {topics.node_id}",
-        "mf": "edgellm",
-        "sw": version,
-    }
-    if model is not None:
-        device["mdl"] = model
-    return {
-        "dev": device,
-        "o": {"name": "edgellm", "sw": version},
-        "cmps": components,
-    }
+    return components
 
 
 def config_payload(topics: Topics, model: str | None, version: str) -> bytes:
