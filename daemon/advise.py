@@ -160,6 +160,7 @@ def render(report: dict[str, Any]) -> str:
         f"memory available: {'unknown' if avail is None else f'{avail // mib} MiB'}"
         + f"; margin {dev['margin'] // mib} MiB; disk free: "
         + ("unknown" if dev["disk_free"] is None else f"{dev['disk_free'] // mib} MiB"),
+        *_gpu_line(dev),
         f"speeds: {report['speeds_basis'] or 'unknown (run `edgellm bench` on this device)'}",
         f"HA prompt: {report['ha_prompt_tokens']} tokens",
         "",
@@ -189,6 +190,16 @@ def render(report: dict[str, Any]) -> str:
         f"for Home Assistant control (tools): {rec['home_assistant'] or 'none fits'}{how}",
     ]
     return "\n".join(lines)
+
+
+def _gpu_line(dev: dict[str, Any]) -> list[str]:
+    """A Jetson's GPU shares the RAM: what it has mapped now is already out of the memory
+    available above, so a CUDA model's weights and KV are counted the same way."""
+    if not dev["unified_gpu"]:
+        return []
+    used = dev.get("gpu_mem_used")
+    now = "unknown" if used is None else f"{used // estimate.MIB} MiB"
+    return [f"GPU: unified memory (shares the RAM above); mapped for the GPU now: {now}"]
 
 
 def add_parser(sub: Any) -> None:

@@ -31,6 +31,7 @@ class Device:
     margin: int  # bytes the board keeps free (the governor's margin)
     disk_free: int | None  # bytes free where models are kept
     unified_gpu: bool  # a Jetson: the GPU shares the RAM counted above
+    gpu_mem_used: int | None = None  # of it, mapped for the GPU now (a Jetson's NvMapMemUsed)
 
 
 def read(models_dir: Path, root: Path = Path("/")) -> Device:
@@ -48,6 +49,7 @@ def read(models_dir: Path, root: Path = Path("/")) -> Device:
         margin=profile.mem_margin_bytes,
         disk_free=disk_free(models_dir),
         unified_gpu=profile.name.startswith("jetson"),
+        gpu_mem_used=fields.get("gpu_mem_used"),
     )
 
 

@@ -31,10 +31,18 @@ def write(root: Path, rel: str, text: str | bytes) -> Path:
     return path
 
 
-def meminfo(total_mb: int, available_mb: int, swap_total_mb: int = 0, swap_free_mb: int = 0) -> str:
-    """A /proc/meminfo with the lines the monitor reads, plus a few it must skip."""
+def meminfo(
+    total_mb: int,
+    available_mb: int,
+    swap_total_mb: int = 0,
+    swap_free_mb: int = 0,
+    nvmap_mb: int | None = None,
+) -> str:
+    """A /proc/meminfo with the lines the monitor reads, plus a few it must skip; nvmap_mb
+    adds a Jetson's NvMapMemUsed (RAM mapped for the GPU)."""
     kb = 1024
-    return (
+    jetson = "" if nvmap_mb is None else f"NvMapMemUsed:   {nvmap_mb * kb} kB\n"
+    return jetson + (
         f"MemTotal:       {total_mb * kb} kB\n"
         f"MemFree:        {available_mb * kb // 2} kB\n"
         f"MemAvailable:   {available_mb * kb} kB\n"
@@ -133,7 +141,7 @@ def jetson_orin(root: Path, cpu_c: float = 55.0, tj_c: float = 57.5) -> Path:
         "< PM_CONFIG DEFAULT=0 >\n",
     )
     write(root, "var/lib/nvpmodel/status", "pmode:0001 fmode:quiet\n")
-    write(root, "proc/meminfo", meminfo(7620, 5900, 3810, 3810))
+    write(root, "proc/meminfo", meminfo(7620, 5900, 3810, 3810, nvmap_mb=312))
     cgroup_v2(root, current=400 * MIB)
     return root
 

@@ -4,7 +4,7 @@ measured (`edgellm bench`) or published for the board; fake boards at the sensor
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -83,6 +83,23 @@ def test_a_pi4_with_2_gb_cannot_take_the_large_models(tmp_path: Path):
     assert advice["smollm2-135m"].fit.verdict == "fits"
     rec = advise.recommend(list(advice.values()))
     assert rec["home_assistant"] not in ("qwen3-4b", "llama3.2-3b", "phi4-mini")
+
+
+def test_a_jetson_counts_the_gpus_share_of_the_ram(tmp_path: Path):
+    dev = _device(fakesys.jetson_orin(tmp_path / "root"), tmp_path)
+    assert dev.unified_gpu and dev.gpu_mem_used == 312 * 1024 * 1024
+    report = {
+        "device": asdict(dev),
+        "speeds_basis": None,
+        "models": [],
+        "recommended": {"voice": None, "home_assistant": None},
+        "ha_prompt_tokens": 4600,
+    }
+    assert "GPU: unified memory (shares the RAM above); mapped for the GPU now: 312 MiB" in (
+        advise.render(report)
+    )
+    pi = _device(fakesys.pi5(tmp_path / "pi"), tmp_path)
+    assert not pi.unified_gpu and pi.gpu_mem_used is None
 
 
 def test_a_board_with_no_readings_gets_advice_not_a_crash(tmp_path: Path):

@@ -80,6 +80,8 @@ def test_jetson_orin_zones_power_mode_and_bogus_zones(tmp_path: Path, logs: list
     assert set(snap.zones) == {"CPU-therm", "GPU-therm", "SOC0-therm", "tj-therm"}
     assert snap.jetson_power_mode == "7W"
     assert snap.throttle is None
+    # Unified memory: what the GPU has mapped is read (and is already out of MemAvailable).
+    assert snap.gpu_mem_used == 312 * 1024 * 1024 and snap.mem_available == 5900 * 1024 * 1024
     implausible = [e for e in warnings(logs) if e["event"] == "sensor_implausible"]
     assert len(implausible) == 1 and implausible[0]["zone"] == "CV0-therm"
     sensors.read()

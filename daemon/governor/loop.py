@@ -83,6 +83,8 @@ def telemetry(
         )
         if snap.jetson_power_mode is not None:
             body["jetson_power_mode"] = snap.jetson_power_mode
+        if snap.gpu_mem_used is not None:
+            body["gpu_mem_used"] = snap.gpu_mem_used
     if last_change is not None:
         at, decision = last_change
         body["decision"] = {"reason": decision.reason, "age_s": round(now - at, 1)}

@@ -42,6 +42,9 @@ def memory_fields(info: Mapping[str, int]) -> dict[str, int | None]:
         "swap_used": swap_total - swap_free
         if swap_total is not None and swap_free is not None
         else None,
+        # A Jetson's (nvgpu) RAM mapped for the GPU: part of the RAM, so already out of
+        # MemAvailable (unified memory); reported so a CUDA model's share shows.
+        "gpu_mem_used": info.get("NvMapMemUsed"),
     }
 
 

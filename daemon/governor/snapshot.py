@@ -79,6 +79,7 @@ class Snapshot:
     mem_available: int | None = None
     swap_total: int | None = None
     swap_used: int | None = None
+    gpu_mem_used: int | None = None  # a Jetson's RAM mapped for the GPU (NvMapMemUsed)
     cgroup_limit: int | None = None  # the tightest memory.max / memory.high; None: no limit
     cgroup_current: int | None = None  # charged memory less the page cache it may drop first
     board: str = "generic"
