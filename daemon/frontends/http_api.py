@@ -217,7 +217,7 @@ class HttpFrontDoor:
     # -- endpoints ------------------------------------------------------------------------------
 
     def _show(self, h: Handler, body: dict[str, Any]) -> None:
-        self._select(body.get("model") or body.get("name"))
+        # The loaded model only, and never a swap: ollama's show reads a model without loading it.
         h.send_json(200, ollama.show(self.card, body, self.cfg, self._n_ctx()))
 
     def _pull(self, h: Handler, body: dict[str, Any]) -> None:
