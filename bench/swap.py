@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import ollama
 
-from bench.common import report, serving, summary, workdir
+from bench.common import report, rss_mib, serving, summary, workdir
 from daemon import models
 from tests.helpers import LOOPBACK, Client, Daemon, poll
 
@@ -59,17 +59,22 @@ def swap_times(d: Daemon, repeats: int) -> dict[str, Any]:
     c.generate(model=BASE, keep_alive=-1)  # start from the base model: the first swap is to CHAT
     before = len(swaps_done(d))
     walls: dict[str, list[float]] = {CHAT: [], BASE: []}
+    assert d.proc is not None
+    rss: list[float] = [rss_mib(d.proc.pid)]  # on the base model, before each round
     for _ in range(repeats):
         for name in (CHAT, BASE):
             t0 = time.perf_counter()
             c.generate(model=name, prompt="Once upon a time", options={"num_predict": 1})
             walls[name].append(time.perf_counter() - t0)
+        rss.append(rss_mib(d.proc.pid))
     done = swaps_done(d)[before:]
     slot = {name: [e["seconds"] for e in done if e.get("new") == name] for name in (CHAT, BASE)}
-    return {
+    times: dict[str, Any] = {
         f"to_{name}": {"request_s": summary(walls[name]), "slot_s": summary(slot[name])}
         for name in (CHAT, BASE)
     }
+    # Memory after each round trip, back on the base model: a swap must free what it loaded.
+    return {**times, "rss_mib_on_base_model": [round(r, 1) for r in rss]}
 
 
 def in_flight(d: Daemon) -> dict[str, Any]:
