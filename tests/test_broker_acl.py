@@ -32,6 +32,7 @@ PASSWORDS = {
     "alice": "alice-secret",
     "bob": "bob-secret",
     "homeassistant": "ha-secret",
+    "admin": "admin-secret",
 }
 # Not in the shipped ACL: a test user that may read everything, to show what the broker let
 # through (a message the ACL drops reaches no one, so silence alone proves little).
@@ -313,6 +314,15 @@ def test_only_home_assistant_presses_the_nodes_button(login: Any) -> None:
     alice.publish(press, "PRESS")
     ha.publish(press, "PRESS")
     assert daemon.received() == [(press, "PRESS")]
+
+
+def test_only_trusted_users_swap_the_model(login: Any) -> None:
+    daemon, alice, admin = login("edgellm"), login("alice"), login("admin")
+    command = "edgellm/kitchen/command/model"
+    daemon.subscribe("edgellm/+/command/#")
+    alice.publish(command, "qwen3-4b")
+    admin.publish(command, "gemma3-270m")
+    assert daemon.received() == [(command, "gemma3-270m")]
 
 
 def test_a_user_resets_only_its_own_sessions(login: Any) -> None:
