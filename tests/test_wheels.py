@@ -227,3 +227,10 @@ def test_bootstrap_refuses_a_wrong_wheel_before_apt(tmp_path: Path) -> None:
     assert "+pi4-py3-none-linux_aarch64.whl" in result.stderr
     assert "installing system packages" not in result.stdout
     assert not (tmp_path / "venv").exists()
+
+
+def test_arm_check_says_what_it_runs_and_refuses_an_unknown_step() -> None:
+    arm_check = REPO / "deploy" / "arm-check.sh"
+    assert "--steps LIST" in run([arm_check, "--help"], clean_env()).stdout
+    bad = run([arm_check, "--steps", "wheels frob"], clean_env(), expect_rc=2)
+    assert "unknown step frob" in bad.stderr
