@@ -13,7 +13,8 @@ Usage: sudo deploy/arm-check.sh [options]
 
 Options:
   --work DIR      where the wheels, the arm64 root and the logs go (default /var/tmp/edgellm-arm)
-  --steps LIST    some of: wheels root install a72 a76 mismatch (default: all, in that order)
+  --steps LIST    some of: wheels root install a72 a76 mismatch tests (default: all, in that
+                  order; tests: the board and CPU unit tests inside, as a Cortex-A72)
   --model FILE    the GGUF to serve (default: smollm2-135m from ~/.local/share/edgellm/models)
   -h, --help      this text
 
@@ -26,7 +27,7 @@ USAGE
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=/var/tmp/edgellm-arm
-steps="wheels root install a72 a76 mismatch"
+steps="wheels root install a72 a76 mismatch tests"
 model=""
 while (($#)); do
   case "$1" in
@@ -45,7 +46,7 @@ while (($#)); do
   shift
 done
 for s in $steps; do
-  [[ " wheels root install a72 a76 mismatch " == *" $s "* ]] ||
+  [[ " wheels root install a72 a76 mismatch tests " == *" $s "* ]] ||
     { echo "arm-check.sh: unknown step $s" >&2; exit 2; }
 done
 [[ $(id -u) -eq 0 ]] || { echo "arm-check.sh: run as root (sudo)" >&2; exit 1; }
@@ -216,12 +217,22 @@ do_mismatch() {
   fi
 }
 
+# The board and CPU unit tests, run by the emulated CPU (the probe's fake trees and the scripts).
+do_tests() {
+  mounts
+  in_root /opt/pi4/bin/python -m pip install -q pytest pytest-timeout >"$logs/tests.log" 2>&1
+  in_root env QEMU_CPU=cortex-a72 sh -c 'cd /opt/src && /opt/pi4/bin/python -m pytest -q \
+    -p no:cacheprovider tests/test_cpufit.py tests/test_board_builds.py tests/test_wheels.py' \
+    >>"$logs/tests.log" 2>&1 || { tail -n 30 "$logs/tests.log"; return 1; }
+  log "tests inside: $(tail -n 1 "$logs/tests.log")"
+}
+
 trap 'unmounts; [[ -n "$broker_pid" ]] && kill "$broker_pid" 2>/dev/null; true' EXIT
 log "run $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores; steps: $steps"
 step host-packages host_packages
 for s in $steps; do
   case "$s" in
-    wheels | root | install | mismatch) step "$s" "do_$s" ;;
+    wheels | root | install | mismatch | tests) step "$s" "do_$s" ;;
     a72) step a72 serve pi4 cortex-a72 ;;
     a76) step a76 serve pi5 cortex-a76 ;;
   esac
