@@ -146,14 +146,10 @@ do_install() {
   git -C "$repo" ls-files -z --cached --others --exclude-standard |
     tar -C "$repo" --null -T - -cf - | tar -C "$rootfs/opt/src" -xf -
   cp -r "$work/wheels/." "$rootfs/opt/wheels/"
-  cp "${model:-$HOME/.local/share/edgellm/models/SmolLM2-135M-Instruct.Q4_1.gguf}" "$rootfs/opt/models/"
-  local kind t0
-  for kind in pi4 pi5; do
-    t0=$SECONDS
-    in_root env EDGELLM_BOARD="$kind" EDGELLM_VENV="/opt/$kind" \
-      bash /opt/src/deploy/bootstrap.sh --wheels "/opt/wheels/$kind" >"$logs/install-$kind.log" 2>&1
-    log "install $kind: bootstrap.sh --wheels in $((SECONDS - t0)) s (emulated)"
-  done
+  local gguf=${model:-$HOME/.local/share/edgellm/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+  cp -p "$gguf" "$rootfs/opt/models/"
+  # Its verification record, if any, spares hashing it again under emulation.
+  [[ -e "$gguf.verified.json" ]] && cp -p "$gguf.verified.json" "$rootfs/opt/models/"
   cat >"$rootfs/opt/check.yaml" <<YAML
 node_id: armcheck
 mqtt: {host: 127.0.0.1, port: $mqtt_port}
@@ -162,6 +158,15 @@ http: {enabled: true, bind: 127.0.0.1, port: $http_port}
 wyoming: {enabled: false}
 homeassistant: {discovery: false}
 YAML
+  local kind t0
+  for kind in pi4 pi5; do
+    [[ -x "$rootfs/opt/$kind/bin/edgellm" ]] && { log "install $kind: /opt/$kind exists, kept"; continue; }
+    t0=$SECONDS
+    in_root env EDGELLM_BOARD="$kind" EDGELLM_VENV="/opt/$kind" \
+      bash /opt/src/deploy/bootstrap.sh --wheels "/opt/wheels/$kind" >"$logs/install-$kind.log" 2>&1 ||
+      { tail -n 20 "$logs/install-$kind.log"; return 1; }
+    log "install $kind: bootstrap.sh --wheels in $((SECONDS - t0)) s (emulated)"
+  done
 }
 
 broker_pid=""
