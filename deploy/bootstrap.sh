@@ -36,7 +36,7 @@ version=${version#*==}
 [[ -z "$wheels" && -d wheels ]] && board_wheel_pick wheels "$board" "$version" >/dev/null 2>&1 &&
   wheels=wheels
 if [[ -n "$wheels" ]]; then
-  wheel=$(board_wheel_pick "$wheels" "$board" "$version") || {
+  wheel=$(board_wheel_pick "$wheels" "$board" "$version" 2>/dev/null) || {
     echo "bootstrap.sh: $(board_wheel_pick "$wheels" "$board" "$version" 2>&1)" >&2
     exit 3
   }

@@ -105,7 +105,7 @@ if [[ -z "$wheels" && -d "$repo/wheels" ]] &&
   wheels="$repo/wheels"
 fi
 if [[ -n "$wheels" ]]; then
-  wheel=$(board_wheel_pick "$wheels" "$board" "${spec#*==}") || {
+  wheel=$(board_wheel_pick "$wheels" "$board" "${spec#*==}" 2>/dev/null) || {
     echo "install.sh: $(board_wheel_pick "$wheels" "$board" "${spec#*==}" 2>&1)" >&2
     exit 3
   }
