@@ -135,9 +135,11 @@ unmounts() {
   return 0
 }
 
+# A clean environment inside the root, as a login would give.
+root_env=(env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8
+  PIP_DISABLE_PIP_VERSION_CHECK=1)
 in_root() {
-  chroot "$rootfs" env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"
+  chroot "$rootfs" "${root_env[@]}" "$@"
 }
 
 do_install() {
@@ -185,8 +187,13 @@ serve() {
   local kind=$1 cpu=$2 t0=$SECONDS pid out
   broker
   mounts
-  in_root env QEMU_CPU="$cpu" "/opt/$kind/bin/edgellm" serve -c /opt/check.yaml \
-    >"$logs/serve-$kind-$cpu.log" 2>&1 &
+  if curl -fs "http://127.0.0.1:$http_port/api/version" >/dev/null; then
+    log "$kind on $cpu: port $http_port is taken (an earlier daemon?)"
+    return 1
+  fi
+  # exec: $! is then the daemon itself (chroot and env exec it), which the TERM below stops.
+  (exec chroot "$rootfs" "${root_env[@]}" QEMU_CPU="$cpu" "/opt/$kind/bin/edgellm" serve \
+    -c /opt/check.yaml) >"$logs/serve-$kind-$cpu.log" 2>&1 &
   pid=$!
   until curl -fs "http://127.0.0.1:$http_port/api/version" >/dev/null; do
     kill -0 "$pid" 2>/dev/null || { wait "$pid" || true; log "$kind on $cpu: died"; return 1; }
