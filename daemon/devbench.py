@@ -136,7 +136,7 @@ def repack_verdict(path: Path) -> tuple[bool, str]:
     if entry is None:
         return False, "no stored CPU-probe verdict: `edgellm doctor` makes one"
     if entry.get("unsupported"):
-        raise cpuprobe.CpuUnsupported(f"the CPU probe found llama.cpp crashes here; {cpuprobe.FIX}")
+        raise cpuprobe.CpuUnsupported(cpuprobe.unsupported_text(entry.get("modes", {})))
     return bool(entry["repack"]), "stored CPU-probe verdict"
 
 

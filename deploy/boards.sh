@@ -27,7 +27,7 @@
 
 # Every kind board_cmake_args knows, for --help texts and argument checks.
 # shellcheck disable=SC2034  # read by the scripts that source this file
-BOARD_KINDS="pi5 pi4 pi3 jetson-orin jetson-xavier jetson-nano jetson x86 x86-portable arm64 native"
+BOARD_KINDS="pi5 pi4 pi3 jetson-orin jetson-xavier jetson-nano jetson x86 x86-portable arm64 arm64-portable native"
 
 # A device-tree file with its NUL separators turned into newlines ("" when absent).
 _board_dt() {
@@ -41,7 +41,7 @@ board_model() {
   _board_dt model | head -n 1
 }
 
-# The kind of board under EDGELLM_SYSROOT: one of BOARD_KINDS (never x86-portable or native).
+# The kind of board under EDGELLM_SYSROOT: one of BOARD_KINDS (never a -portable one or native).
 board_detect() {
   local model compatible machine
   model=$(board_model)
@@ -92,7 +92,8 @@ board_cmake_args() {
   local a72="-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8-a"
   case "$1" in
     pi5) echo "$a76" ;;
-    pi4 | pi3) echo "$a72" ;;
+    # arm64-portable: the same Armv8-A baseline for any 64-bit Arm board (a wheel for all).
+    pi4 | pi3 | arm64-portable) echo "$a72" ;;
     # CUDA first: on a Jetson the GPU does the work once model.n_gpu_layers is set.
     jetson-orin) echo "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=87 $a76" ;;
     # Carmel (Xavier) is Armv8.2-A with fp16 but without dotprod (no asimddp in /proc/cpuinfo).
@@ -148,4 +149,75 @@ board_resolve() {
       echo "$kind"
       ;;
   esac
+}
+
+# The pinned llama-cpp-python requirement in pyproject.toml under $1 (llama-cpp-python==0.3.36):
+# the version daemon/engine/llama_compat.py was tested on.
+board_llama_spec() {
+  sed -n 's/^[[:space:]]*"\(llama-cpp-python==[^";]*\)".*/\1/p' "$1/pyproject.toml" | head -n 1
+}
+
+# The kind a wheel from build-wheel.sh was built for: its version label, dots back to dashes
+# (llama_cpp_python-0.3.36+x86.portable-py3-none-linux_x86_64.whl -> x86-portable); "" if none.
+board_wheel_kind() {
+  local version=${1##*/}
+  version=${version#llama_cpp_python-}
+  version=${version%%-*}
+  [[ $version == *+* ]] && echo "${version#*+}" | tr . -
+  return 0
+}
+
+# Whether a wheel built for kind $1 runs on board kind $2: the same kind, or a baseline build
+# (Armv8-A runs on every 64-bit Arm board; x86-64-v3 on a PC with AVX2). A Jetson takes only its
+# own: the others have no CUDA.
+board_wheel_fits() {
+  [[ $1 == "$2" ]] && return 0
+  case "$2" in
+    pi5 | pi4 | pi3 | arm64 | arm64-portable) [[ $1 == pi4 || $1 == pi3 || $1 == arm64-portable ]] ;;
+    x86 | x86-portable | native)
+      [[ $1 == x86-portable ]] && grep -qw avx2 "${EDGELLM_SYSROOT:-}/proc/cpuinfo" 2>/dev/null
+      ;;
+    *) return 1 ;;
+  esac
+}
+
+# How to make the wheel board kind $1 needs (the arguments of deploy/build-wheel.sh).
+board_wheel_howto() {
+  case "$1" in
+    pi5 | pi4 | pi3 | arm64-portable) echo "--cross $1 (on any x86-64 machine) or --board $1 (here)" ;;
+    arm64) echo "--cross arm64-portable (on any x86-64 machine) or --board arm64 (here)" ;;
+    x86 | x86-portable | native) echo "--board x86-portable (on any x86-64 machine)" ;;
+    *) echo "--board $1 (on the device)" ;;
+  esac
+}
+
+# The llama-cpp-python wheel for board kind $2 under $1 (a folder, searched two levels deep, or a
+# .whl file) with version $3: the kind's own first, else a baseline one that fits. Status 3, and
+# the wheel to build on stderr, when none fits: a wrong wheel is refused before pip sees it.
+board_wheel_pick() {
+  local where=$1 kind=$2 version=$3 plat w wk best="" found=()
+  case "${EDGELLM_MACHINE:-$(uname -m)}" in
+    aarch64 | arm64) plat=linux_aarch64 ;;
+    x86_64 | amd64) plat=linux_x86_64 ;;
+    *) plat=linux_$(uname -m) ;;
+  esac
+  while IFS= read -r w; do
+    found+=("${w##*/}")
+    [[ ${w##*/} == "llama_cpp_python-$version"[+-]*"-$plat.whl" ]] || continue
+    wk=$(board_wheel_kind "$w")
+    if [[ $wk == "$kind" ]]; then
+      best=$w
+      break
+    fi
+    [[ -z $best && -n $wk ]] && board_wheel_fits "$wk" "$kind" && best=$w
+  done < <(find "$where" -maxdepth 2 -name 'llama_cpp_python-*.whl' 2>/dev/null | sort)
+  if [[ -n $best ]]; then
+    echo "$best"
+    return 0
+  fi
+  echo "no llama-cpp-python $version wheel for a $kind board ($plat) in $where" \
+    "(found: ${found[*]:-none}); the one that fits is" \
+    "llama_cpp_python-$version+${kind//-/.}-py3-none-$plat.whl:" \
+    "deploy/build-wheel.sh $(board_wheel_howto "$kind")" >&2
+  return 3
 }

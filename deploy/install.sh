@@ -20,8 +20,11 @@ Options:
   --no-model         do not fetch the default model
   --with-broker      also install mosquitto as a LAN broker with passwords and an ACL
                      (deploy/mosquitto/), and log the daemon in as user "edgellm"
-  --pip-args ARGS    extra arguments for pip install (e.g. "--find-links DIR": a llama-cpp-python
-                     wheel from deploy/build-wheel.sh, so that nothing compiles here)
+  --wheels DIR       install llama-cpp-python from the wheel for this board in DIR (made by
+                     deploy/build-wheel.sh; a wheels/ folder in this checkout is used
+                     without asking): nothing compiles, no compiler or cmake from apt.
+                     A wheel for another board is refused, naming the one that fits.
+  --pip-args ARGS    extra arguments for pip install
   -h, --help         this text
 
 Environment:
@@ -37,6 +40,7 @@ prefix=""
 fetch_model=1
 with_broker=0
 pip_args=()
+wheels=""
 
 while (($#)); do
   case "$1" in
@@ -49,6 +53,12 @@ while (($#)); do
     --prefix=*) prefix=${1#*=} ;;
     --no-model) fetch_model=0 ;;
     --with-broker) with_broker=1 ;;
+    --wheels)
+      [[ $# -ge 2 ]] || { echo "install.sh: --wheels needs a directory" >&2; exit 2; }
+      wheels=$2
+      shift
+      ;;
+    --wheels=*) wheels=${1#*=} ;;
     --pip-args)
       [[ $# -ge 2 ]] || { echo "install.sh: --pip-args needs a value" >&2; exit 2; }
       read -r -a pip_args <<<"$2"
@@ -87,6 +97,20 @@ model=$(board_model)
 from=""
 [[ -v CMAKE_ARGS ]] && from=" (from the environment)"
 say "board: $board${model:+ ($model)}; llama.cpp ${build_env[0]}$from"
+# A wheel from build-wheel.sh: chosen (or refused) now, before anything is installed.
+wheel=""
+spec=$(board_llama_spec "$repo")
+if [[ -z "$wheels" && -d "$repo/wheels" ]] &&
+  board_wheel_pick "$repo/wheels" "$board" "${spec#*==}" >/dev/null 2>&1; then
+  wheels="$repo/wheels"
+fi
+if [[ -n "$wheels" ]]; then
+  wheel=$(board_wheel_pick "$wheels" "$board" "${spec#*==}" 2>/dev/null) || {
+    echo "install.sh: $(board_wheel_pick "$wheels" "$board" "${spec#*==}" 2>&1)" >&2
+    exit 3
+  }
+  say "llama.cpp from the wheel $wheel: nothing to compile"
+fi
 say "installing into ${root:-/}$([[ $dry_run -eq 1 ]] && echo ' (dry run)')"
 
 # -- system packages ------------------------------------------------------------------------------
@@ -104,14 +128,17 @@ find_python() {
 
 python=$(find_python || true)
 if [[ $real_install -eq 1 ]]; then
-  packages=(build-essential cmake)
+  packages=()
+  # The compiler, cmake and Python's headers build llama.cpp; with a wheel none of them is needed.
   if [[ -n "$python" ]]; then
     pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    packages+=("python$pyver-venv" "python$pyver-dev")
   else
     # Ubuntu 22.04 (JetPack 6) ships 3.10 as python3; 3.11 is a package of its own.
-    packages+=(python3.11 python3.11-venv python3.11-dev)
+    pyver=3.11
+    packages+=(python3.11)
   fi
+  packages+=("python$pyver-venv")
+  [[ -z "$wheel" ]] && packages+=(build-essential cmake "python$pyver-dev")
   [[ $with_broker -eq 1 ]] && packages+=(mosquitto mosquitto-clients)
   missing=()
   for p in "${packages[@]}"; do
@@ -155,9 +182,10 @@ run tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude=./build --exclud
   --exclude='*.egg-info' --exclude=__pycache__ --exclude='./.*_cache' --exclude=./.hypothesis \
   -cf "$src/tree.tar" .
 run tar -C "$src" -xf "$src/tree.tar"
+# With a wheel, pip takes it for the pin (0.3.36+pi4 satisfies ==0.3.36) and builds nothing.
 run env "${build_env[@]}" "$venv/bin/python" -m pip install -q \
-  --disable-pip-version-check ${pip_args[@]+"${pip_args[@]}"} "$src"
-if board_is_jetson "$board" && [[ $dry_run -eq 0 ]] &&
+  --disable-pip-version-check ${pip_args[@]+"${pip_args[@]}"} ${wheel:+"$wheel"} "$src"
+if board_is_jetson "$board" && [[ $dry_run -eq 0 && -z "$wheel" ]] &&
   ! "$venv/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())'; then
   # pip reused a CPU-only wheel from its cache: build llama-cpp-python again, with CUDA.
   spec=$("$venv/bin/python" -c 'from importlib.metadata import requires

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from daemon.governor.snapshot import MIB
@@ -166,3 +167,44 @@ def x86_bare(root: Path) -> Path:
     write(root, "proc/meminfo", meminfo(16000, 12000))
     thermal_zone(root, 0, "acpitz", 27.8)
     return root
+
+
+# /proc/cpuinfo's Features as the kernel lists them: a Pi 4 (Cortex-A72) and a Pi 5 (Cortex-A76).
+A72_FEATURES = "fp asimd evtstrm crc32 cpuid"
+A76_FEATURES = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop "
+    "asimddp"
+)
+# A PC without AVX2 (a Celeron J4125: Goldmont Plus) and one with it (x86-64-v3).
+GOLDMONT_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt aes rdrand"
+HASWELL_FLAGS = f"{GOLDMONT_FLAGS} avx avx2 fma f16c bmi1 bmi2 movbe"
+# Bits of AT_HWCAP (arch/arm64/include/uapi/asm/hwcap.h) for the features above.
+HWCAP_BITS = {"fp": 0, "asimd": 1, "atomics": 8, "fphp": 9, "asimdhp": 10, "asimdrdm": 12}
+HWCAP_BITS |= {"asimddp": 20}
+
+
+def cpuinfo_arm(root: Path, features: str, part: str = "0xd08", cores: int = 4) -> Path:
+    """/proc/cpuinfo of a 64-bit Arm board (0xd08: Cortex-A72, 0xd0b: Cortex-A76)."""
+    block = (
+        "processor\t: {n}\nBogoMIPS\t: 108.00\nFeatures\t: {f}\nCPU implementer\t: 0x41\n"
+        "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {p}\nCPU revision\t: 3\n\n"
+    )
+    return write(
+        root, "proc/cpuinfo", "".join(block.format(n=n, f=features, p=part) for n in range(cores))
+    )
+
+
+def cpuinfo_x86(
+    root: Path, flags: str, model: str = "Intel(R) Celeron(R) J4125 CPU @ 2.00GHz"
+) -> Path:
+    """/proc/cpuinfo of a PC (one core is enough for the readers)."""
+    return write(
+        root, "proc/cpuinfo", f"processor\t: 0\nmodel name\t: {model}\nflags\t\t: {flags}\n"
+    )
+
+
+def auxv(root: Path, features: str) -> Path:
+    """/proc/self/auxv (64-bit little-endian pairs) with the AT_HWCAP bits of features."""
+    hwcap = sum(1 << HWCAP_BITS[f] for f in features.split() if f in HWCAP_BITS)
+    pairs = [(6, 4096), (16, hwcap), (26, 0), (0, 0)]  # AT_PAGESZ, AT_HWCAP, AT_HWCAP2, AT_NULL
+    return write(root, "proc/self/auxv", b"".join(struct.pack("<QQ", k, v) for k, v in pairs))

@@ -34,6 +34,7 @@ EXPECTED_FLAGS = {
     " -DGGML_F16C=ON -DGGML_BMI2=ON",
     "x86": "-DGGML_NATIVE=ON",
     "arm64": "-DGGML_NATIVE=ON",
+    "arm64-portable": A72,
     "native": "-DGGML_NATIVE=ON",
 }
 
@@ -277,10 +278,13 @@ def test_build_wheel_dry_run_prints_the_pip_wheel_command(tmp_path: Path, kind: 
     assert line.startswith(f"+ env CMAKE_ARGS={EXPECTED_FLAGS[kind]} ")
     assert line.endswith(
         "/usr/bin/python3 -m pip wheel --no-deps --no-binary llama-cpp-python --no-cache-dir"
-        f" --disable-pip-version-check -w {out}/{kind} {pinned_llama()}"
+        f" --disable-pip-version-check -w /tmp/BUILD-DIR {pinned_llama()}"
     )
     assert ("CUDACXX=/usr/local/cuda/bin/nvcc" in line) == kind.startswith("jetson")
-    assert 'deploy/install.sh --pip-args "--find-links' in plan
+    # pip's wheel is stamped with the kind into OUT/KIND, with its checksum next to it.
+    (stamp,) = [ln for ln in plan.splitlines() if "wheel_stamp.py" in ln]
+    assert f"--board {kind} --plat as-built --out {out}/{kind}" in stamp
+    assert "deploy/install.sh --wheels" in plan
     assert not out.exists()
 
 
@@ -291,12 +295,12 @@ def test_build_wheel_defaults_to_this_board_and_a_portable_pc_wheel(tmp_path: Pa
             clean_env(EDGELLM_SYSROOT=str(sysroot), EDGELLM_MACHINE=machine, **env),
         ).stdout
 
-    assert f"-w {tmp_path}/w/pi5 " in plan(fakesys.pi5(tmp_path / "pi5"), "aarch64")
+    assert f"--out {tmp_path}/w/pi5\n" in plan(fakesys.pi5(tmp_path / "pi5"), "aarch64")
     pc = plan(fakesys.x86_bare(tmp_path / "pc"), "x86_64")
-    assert f"-w {tmp_path}/w/x86-portable " in pc and "-DGGML_AVX2=ON" in pc
+    assert f"--out {tmp_path}/w/x86-portable\n" in pc and "-DGGML_AVX2=ON" in pc
     # The user's flags win here as well; the folder is still named by the board.
     own = plan(fakesys.pi4(tmp_path / "pi4"), "aarch64", CMAKE_ARGS="-DGGML_NATIVE=ON")
-    assert "+ env CMAKE_ARGS=-DGGML_NATIVE=ON " in own and f"-w {tmp_path}/w/pi4 " in own
+    assert "+ env CMAKE_ARGS=-DGGML_NATIVE=ON " in own and f"--out {tmp_path}/w/pi4\n" in own
 
 
 def test_build_wheel_refuses_bad_arguments(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ SIGILL, which would take the daemon down and, under systemd, into a crash loop. 
 a llama-cpp-python build meets a CPU (and a model), a child process loads the model and decodes a
 few tokens. If it dies on a signal, repacking is turned off (`use_extra_bufts = False`, what
 `llama-server --no-repack` sets) and probed again; if that dies too, the daemon stops with an
-error that names the fix. The verdict is kept in a small JSON file, so later starts cost a few
-stat calls.
+error that names what the build needs, what this CPU lacks and the build that fits (cpufit.py).
+The verdict is kept in a small JSON file, so later starts cost a few stat calls.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from typing import Any, Literal
 
 import structlog
 
+from daemon.engine import cpufit
+
 log = structlog.get_logger(__name__)
 
 CACHE_NAME = "cpu-probe.json"
@@ -38,10 +39,6 @@ CACHE_NAME = "cpu-probe.json"
 # the daemon's own load, so the I/O is paid once.
 PROBE_TIMEOUT_S = 300.0
 _KEEP = 16  # verdicts remembered (builds x CPUs x models); older ones are dropped
-FIX = (
-    'rebuild llama-cpp-python for a portable CPU target: CMAKE_ARGS="-DGGML_NATIVE=OFF" '
-    "pip install --force-reinstall --no-cache-dir llama-cpp-python"
-)
 
 Setting = Literal["auto", "on", "off"]
 
@@ -92,18 +89,10 @@ def state_dir() -> Path:
     return Path(base) / "edgellm"
 
 
-def _cpu_signature() -> str:
-    """The CPU's model and feature flags (what decides which kernels llama.cpp runs)."""
-    model, flags = "", ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "cpu part", "hardware") and not model:
-                model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = " ".join(sorted(value.split()))
-    return f"{platform.machine()}|{model}|{flags}"
+def _cpu_signature(cpu: cpufit.Cpu | None = None) -> str:
+    """The CPU's model and features (what decides which kernels llama.cpp runs), and, under
+    qemu-user, which CPU it emulates: the host's /proc/cpuinfo looks the same for all of them."""
+    return (cpu or cpufit.read_cpu()).key()
 
 
 def _build_signature() -> str:
@@ -129,14 +118,15 @@ def build_version() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it."""
-    return _cpu_signature().split("|")[1] or platform.machine()
+    """The CPU's model name as /proc/cpuinfo gives it (qemu-user's: the emulated CPU)."""
+    cpu = cpufit.read_cpu()
+    return cpu.model + (f" (emulated: {cpu.emulated})" if cpu.emulated else "")
 
 
-def identity(model_path: Path) -> str:
+def identity(model_path: Path, cpu: cpufit.Cpu | None = None) -> str:
     """A key for (build, CPU, model): a change of any of them means a new probe."""
     st = model_path.stat()
-    text = f"{_build_signature()}\n{_cpu_signature()}\n{model_path.name}:{st.st_size}"
+    text = f"{_build_signature()}\n{_cpu_signature(cpu)}\n{model_path.name}:{st.st_size}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -237,7 +227,7 @@ def decide(
     entry = cache.get(key)
     if entry is not None:
         if entry.get("unsupported"):
-            raise CpuUnsupported(_unsupported_text(entry.get("modes", {})))
+            raise CpuUnsupported(unsupported_text(entry.get("modes", {})))
         return Verdict(entry["repack"], "cache", dict(entry.get("modes", {})), key=key)
 
     modes: dict[str, str] = {}
@@ -272,7 +262,7 @@ def decide(
         else:
             if "timeout" not in modes.values():
                 cache.put(key, _entry(False, modes, took, unsupported=True))
-            raise CpuUnsupported(_unsupported_text(modes))
+            raise CpuUnsupported(unsupported_text(modes))
     # A verdict that rests on a timeout may only mean a slow first load: probe again next time.
     if "timeout" not in modes.values():
         cache.put(key, _entry(verdict.repack, modes, verdict.probe_s))
@@ -293,9 +283,18 @@ def _entry(repack: bool, modes: dict[str, str], took: float, unsupported: bool =
     return entry
 
 
-def _unsupported_text(modes: dict[str, str]) -> str:
-    tried = ", ".join(f"repack {m}: {d}" for m, d in modes.items())
-    return f"llama.cpp crashes on this CPU ({tried}); {FIX}"
+def unsupported_text(
+    modes: dict[str, str], cpu: cpufit.Cpu | None = None, build: cpufit.Build | None = None
+) -> str:
+    """Why llama.cpp cannot run here and the pinned build that can (cpu, build: test seams)."""
+    tried = ", ".join(f"repack {m}: {d}" for m, d in modes.items()) or "an earlier probe"
+    return cpufit.explain(
+        tried,
+        cpu or cpufit.read_cpu(),
+        build or cpufit.read_build(),
+        sys.executable,
+        cpufit.pinned_version(),
+    )
 
 
 def _child(model_path: str, repack: bool) -> int:
