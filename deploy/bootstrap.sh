@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install what edgellm needs on Debian / Raspberry Pi OS: system packages, a venv, the package.
-# Usage: deploy/bootstrap.sh [--test] [--wheels DIR]
+# Usage: deploy/bootstrap.sh [--test] [--wheels DIR|URL]
 #   --test        adds the test tools
 #   --wheels DIR  llama-cpp-python from this board's wheel in DIR (deploy/build-wheel.sh; a
 #                 wheels/ folder in the checkout is used without asking): no compiler, no cmake.
+#                 A URL: the wheels its folder listing links to, checked against their .sha256.
 # Environment: EDGELLM_VENV (default: .venv in the checkout); EDGELLM_BOARD and CMAKE_ARGS as for
 # install.sh (the llama.cpp build flags: docs/DEPLOY.md, "Builds for the boards").
 set -euo pipefail
@@ -15,12 +16,12 @@ while (($#)); do
   case "$1" in
     --test) extras="[test]" ;;
     --wheels)
-      [[ $# -ge 2 ]] || { echo "bootstrap.sh: --wheels needs a directory" >&2; exit 2; }
+      [[ $# -ge 2 ]] || { echo "bootstrap.sh: --wheels needs a directory or URL" >&2; exit 2; }
       wheels=$2
       shift
       ;;
     --wheels=*) wheels=${1#*=} ;;
-    *) echo "bootstrap.sh: unknown option $1 (--test, --wheels DIR)" >&2; exit 2 ;;
+    *) echo "bootstrap.sh: unknown option $1 (--test, --wheels DIR|URL)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -35,6 +36,9 @@ version=$(board_llama_spec .)
 version=${version#*==}
 [[ -z "$wheels" && -d wheels ]] && board_wheel_pick wheels "$board" "$version" >/dev/null 2>&1 &&
   wheels=wheels
+if [[ $wheels == http://* || $wheels == https://* ]]; then
+  wheels=$(board_wheels_fetch "$wheels" "$version") || exit 3
+fi
 if [[ -n "$wheels" ]]; then
   wheel=$(board_wheel_pick "$wheels" "$board" "$version" 2>/dev/null) || {
     echo "bootstrap.sh: $(board_wheel_pick "$wheels" "$board" "$version" 2>&1)" >&2

@@ -24,6 +24,8 @@ Options:
                      deploy/build-wheel.sh; a wheels/ folder in this checkout is used
                      without asking): nothing compiles, no compiler or cmake from apt.
                      A wheel for another board is refused, naming the one that fits.
+  --wheels URL       the same from a web server's folder of those wheels: each is fetched with
+                     its .sha256 and checked (curl)
   --pip-args ARGS    extra arguments for pip install
   -h, --help         this text
 
@@ -54,7 +56,7 @@ while (($#)); do
     --no-model) fetch_model=0 ;;
     --with-broker) with_broker=1 ;;
     --wheels)
-      [[ $# -ge 2 ]] || { echo "install.sh: --wheels needs a directory" >&2; exit 2; }
+      [[ $# -ge 2 ]] || { echo "install.sh: --wheels needs a directory or URL" >&2; exit 2; }
       wheels=$2
       shift
       ;;
@@ -103,6 +105,9 @@ spec=$(board_llama_spec "$repo")
 if [[ -z "$wheels" && -d "$repo/wheels" ]] &&
   board_wheel_pick "$repo/wheels" "$board" "${spec#*==}" >/dev/null 2>&1; then
   wheels="$repo/wheels"
+fi
+if [[ $wheels == http://* || $wheels == https://* ]]; then
+  wheels=$(board_wheels_fetch "$wheels" "${spec#*==}") || exit 3
 fi
 if [[ -n "$wheels" ]]; then
   wheel=$(board_wheel_pick "$wheels" "$board" "${spec#*==}" 2>/dev/null) || {

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
+import http.server
 import io
 import json
 import subprocess
 import sys
+import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -176,7 +180,7 @@ def wheels(folder: Path, *kinds: str, plat: str = "linux_aarch64") -> Path:
     return folder
 
 
-def install_plan(tmp_path: Path, tree: Path, folder: Path, expect_rc: int = 0) -> str:
+def install_plan(tmp_path: Path, tree: Path, folder: Path | str, expect_rc: int = 0) -> str:
     result = run(
         [INSTALL, "--dry-run", "--no-model", "--prefix", tmp_path / "root", "--wheels", folder],
         clean_env(EDGELLM_SYSROOT=str(tree), EDGELLM_MACHINE="aarch64"),
@@ -212,6 +216,40 @@ def test_a_wheel_for_another_machine_or_version_is_refused(tmp_path: Path) -> No
     old = tmp_path / "old"
     fakesys.write(old, "llama_cpp_python-0.2.90+pi4-py3-none-linux_aarch64.whl", b"")
     assert "found: llama_cpp_python-0.2.90" in install_plan(tmp_path, pi4, old, expect_rc=3)
+
+
+@pytest.fixture
+def wheel_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on loopback (a folder listing, as any web server's)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_wheels_from_a_url_are_fetched_checked_and_picked(
+    tmp_path: Path, wheel_server: tuple[Path, str]
+) -> None:
+    folder, url = wheel_server
+    for kind in ("pi4", "pi5"):
+        name = f"llama_cpp_python-{VERSION}+{kind}-py3-none-linux_aarch64.whl"
+        (folder / name).write_bytes(kind.encode() * 1000)
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        (folder / f"{name}.sha256").write_text(f"{digest}  {name}\n")
+    pi4 = fakesys.pi4(tmp_path / "pi4")
+    plan = install_plan(tmp_path, pi4, url)
+    (line,) = [ln for ln in plan.splitlines() if "pip install" in ln]
+    assert f"llama_cpp_python-{VERSION}+pi4-py3-none-linux_aarch64.whl" in line
+    assert "edgellm-wheels." in line, "installed from the fetched copy"
+    # A wheel that does not match its checksum is refused before anything is installed.
+    (folder / f"llama_cpp_python-{VERSION}+pi4-py3-none-linux_aarch64.whl").write_bytes(b"bad")
+    refused = install_plan(tmp_path, pi4, url, expect_rc=3)
+    assert "does not match its .sha256: refused" in refused and "pip install" not in refused
 
 
 def test_bootstrap_refuses_a_wrong_wheel_before_apt(tmp_path: Path) -> None:
