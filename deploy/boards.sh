@@ -192,30 +192,17 @@ board_wheel_howto() {
 }
 
 # --wheels URL: the wheels of version $2 for this machine's platform that the index page at $1
-# links to (a web server's folder listing of build-wheel.sh's output), each fetched with its
-# .sha256 into a new temporary folder, whose path is printed for board_wheel_pick. The one
-# function here that writes: only that new folder. A wheel whose .sha256 does not match, or a
-# page that cannot be read, is status 3 with the reason on stderr.
+# links to (a web server's folder listing of build-wheel.sh's output), each checked against its
+# .sha256, fetched into a new temporary folder whose path is printed for board_wheel_pick
+# (deploy/wheel_fetch.py: python3's standard library, since a minimal Debian has no curl).
+# Status 3 with the reason on stderr when it cannot.
 board_wheels_fetch() {
-  local url=${1%/} version=$2 plat dir page name n=0
+  local plat
   case "${EDGELLM_MACHINE:-$(uname -m)}" in
     aarch64 | arm64) plat=linux_aarch64 ;;
     *) plat=linux_$(uname -m) ;;
   esac
-  page=$(curl -fsSL --max-time 60 "$url/") || { echo "cannot read $url/" >&2; return 3; }
-  dir=$(mktemp -d "${TMPDIR:-/tmp}/edgellm-wheels.XXXXXX")
-  while IFS= read -r name; do
-    curl -fsSL --max-time 600 -o "$dir/$name" "$url/$name" ||
-      { echo "cannot fetch $url/$name" >&2; return 3; }
-    if curl -fsSL --max-time 60 -o "$dir/$name.sha256" "$url/$name.sha256"; then
-      (cd "$dir" && sha256sum --check --quiet "$name.sha256" >/dev/null 2>&1) ||
-        { echo "$name from $url does not match its .sha256: refused" >&2; return 3; }
-    fi
-    n=$((n + 1))
-  done < <(grep -oE "llama_cpp_python-${version//./\\.}[+][A-Za-z0-9.]+-py3-none-$plat\\.whl" \
-    <<<"$page" | sort -u)
-  ((n)) || echo "$url/ links to no llama_cpp_python-$version wheel for $plat" >&2
-  echo "$dir"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/wheel_fetch.py" "$1" "$2" "$plat"
 }
 
 # The llama-cpp-python wheel for board kind $2 under $1 (a folder, searched two levels deep, or a

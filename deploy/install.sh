@@ -25,7 +25,7 @@ Options:
                      without asking): nothing compiles, no compiler or cmake from apt.
                      A wheel for another board is refused, naming the one that fits.
   --wheels URL       the same from a web server's folder of those wheels: each is fetched with
-                     its .sha256 and checked (curl)
+                     its .sha256 and checked
   --pip-args ARGS    extra arguments for pip install
   -h, --help         this text
 
