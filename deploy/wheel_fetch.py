@@ -45,11 +45,9 @@ def fetch(url: str, version: str, platform: str) -> Path:
         data = get(base + name)
         if data is None:
             raise OSError(f"cannot fetch {base}{name}: 404")
-        checksum = get(base + name + ".sha256")
-        if (
-            checksum is not None
-            and hashlib.sha256(data).hexdigest() != checksum.split()[0].decode()
-        ):
+        published = get(base + name + ".sha256")  # sha256sum's line: "<hex>  <name>"
+        expected = (published or b"").split()[:1]
+        if published is not None and [hashlib.sha256(data).hexdigest().encode()] != expected:
             raise ValueError(f"{name} from {base} does not match its .sha256: refused")
         (folder / name).write_bytes(data)
     if not names:
@@ -65,7 +63,7 @@ def main() -> int:
         return 2
     try:
         print(fetch(*sys.argv[1:]))
-    except (OSError, ValueError, IndexError) as err:
+    except (OSError, ValueError) as err:
         print(err, file=sys.stderr)
         return 3
     return 0
