@@ -81,6 +81,15 @@ board_detect() {
   esac
 }
 
+# Whether this Arm userland runs under qemu-user: QEMU_CPU is set, or /proc/cpuinfo is not an
+# Arm one (qemu-user passes the host's through: an x86 "flags" line, no "CPU implementer").
+board_emulated() {
+  [[ ${EDGELLM_MACHINE:-$(uname -m)} == aarch64 || ${EDGELLM_MACHINE:-} == arm64 ]] || return 1
+  [[ -n "${QEMU_CPU:-}" ]] && return 0
+  local info="${EDGELLM_SYSROOT:-}/proc/cpuinfo"
+  [[ -r $info ]] && ! grep -q '^CPU implementer' "$info" && grep -q '^flags' "$info"
+}
+
 # The CMAKE_ARGS that build llama.cpp for a kind; fails (status 2) on a kind it does not know.
 board_cmake_args() {
   # Cortex-A76 (Pi 5) and Cortex-A78AE (Orin) are Armv8.2-A with the dot-product (SDOT/UDOT,
@@ -110,8 +119,11 @@ board_cmake_args() {
       echo "-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON" \
         "-DGGML_F16C=ON -DGGML_BMI2=ON"
       ;;
+    # A 64-bit Arm board with no device tree: under qemu-user GGML_NATIVE would build for what
+    # the compiler probes there (the emulator, not a board), so the Armv8-A baseline instead.
+    arm64) if board_emulated; then echo "$a72"; else echo "-DGGML_NATIVE=ON"; fi ;;
     # Built on the machine that runs it: llama.cpp's own detection is the best choice.
-    x86 | arm64 | native) echo "-DGGML_NATIVE=ON" ;;
+    x86 | native) echo "-DGGML_NATIVE=ON" ;;
     *) return 2 ;;
   esac
 }

@@ -183,6 +183,22 @@ def test_cpus_without_dotprod_never_get_it() -> None:
         assert "dotprod" not in boards(f"board_cmake_args {kind}"), kind
 
 
+def test_an_arm_board_without_a_device_tree_builds_native_unless_emulated(
+    tmp_path: Path,
+) -> None:
+    def flags(root: Path, **env: str) -> str:
+        return boards("board_cmake_args arm64", EDGELLM_MACHINE="aarch64",
+                      EDGELLM_SYSROOT=str(root), **env)  # fmt: skip
+
+    board = fakesys.cpuinfo_arm(tmp_path / "board", fakesys.A72_FEATURES).parent.parent
+    assert flags(board) == "-DGGML_NATIVE=ON"
+    # qemu-user: QEMU_CPU set, or the host's x86 /proc/cpuinfo seen from the Arm userland.
+    a72 = "-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8-a"
+    assert flags(board, QEMU_CPU="cortex-a76") == a72
+    host = fakesys.cpuinfo_x86(tmp_path / "host", fakesys.HASWELL_FLAGS).parent.parent
+    assert flags(host) == a72
+
+
 def test_an_unknown_kind_is_refused() -> None:
     assert boards("board_cmake_args pi9", expect_rc=2) == ""
     assert boards("board_resolve", expect_rc=2, EDGELLM_BOARD="pi9") == ""
