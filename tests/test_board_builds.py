@@ -39,13 +39,14 @@ EXPECTED_FLAGS = {
 }
 
 
+# What deploy/boards.sh and the scripts read from the environment (QEMU_CPU: arm-check.sh runs
+# these tests under qemu-user, where it is set).
+_READ = {"CMAKE_ARGS", "CUDACXX", "EDGELLM_BOARD", "EDGELLM_SYSROOT", "EDGELLM_MACHINE", "QEMU_CPU"}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without the variables the scripts read, plus extra."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"CMAKE_ARGS", "CUDACXX", "EDGELLM_BOARD", "EDGELLM_SYSROOT", "EDGELLM_MACHINE"}
-    }
+    env = {k: v for k, v in os.environ.items() if k not in _READ}
     return {**env, **extra}
 
 
@@ -170,11 +171,14 @@ def test_the_shell_and_the_governor_agree_on_the_board(
 # -- flags -----------------------------------------------------------------------------------------
 
 
-def test_each_kind_has_its_flags() -> None:
+def test_each_kind_has_its_flags(tmp_path: Path) -> None:
     kinds = boards('echo "$BOARD_KINDS"').split()
     assert sorted(kinds) == sorted(EXPECTED_FLAGS)
+    # On a real Arm board (not emulated: arm64's flags differ there, tested below).
+    board = fakesys.cpuinfo_arm(tmp_path / "board", fakesys.A72_FEATURES).parent.parent
+    env = {"EDGELLM_MACHINE": "aarch64", "EDGELLM_SYSROOT": str(board)}
     for kind, flags in EXPECTED_FLAGS.items():
-        assert boards(f"board_cmake_args {kind}") == flags, kind
+        assert boards(f"board_cmake_args {kind}", **env) == flags, kind
 
 
 def test_cpus_without_dotprod_never_get_it() -> None:
