@@ -131,11 +131,16 @@ class Fit:
     reason: str
 
 
+def weights_and_compute(size: int) -> int:
+    """Bytes a model of `size` takes before any KV: the weights and llama.cpp's compute buffers."""
+    return size + max(COMPUTE_MIN, int(size * COMPUTE_SHARE))
+
+
 def fit(shape: Shape, mem_available: int | None, margin: int, disk_free: int | None) -> Fit:
     """fits: HA's context with the margin to spare; tight: HA's context only without the margin,
     or a smaller context (>= MIN_CONTEXT); no: not even that, or not on the disk."""
     context = min(HA_CONTEXT, shape.n_ctx_train)
-    fixed = shape.size + max(COMPUTE_MIN, int(shape.size * COMPUTE_SHARE))
+    fixed = weights_and_compute(shape.size)
     need = fixed + shape.kv_bytes_per_token * context
     if disk_free is not None and shape.size > disk_free:
         return Fit(
@@ -194,8 +199,7 @@ def swap_shortfall(
     the current model frees. Unknown memory is no reason to refuse."""
     if mem_available is None:
         return None
-    need = size + max(COMPUTE_MIN, int(size * COMPUTE_SHARE))
-    need += (kv_bytes_per_token or 0) * MIN_CONTEXT
+    need = weights_and_compute(size) + (kv_bytes_per_token or 0) * MIN_CONTEXT
     room = mem_available + freed - margin
     if need <= room:
         return None

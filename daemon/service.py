@@ -157,7 +157,7 @@ class Service:
         self.intake.accepting = True
         self._start_http()
         self._start_wyoming(self.intake, info)
-        transport.set_status(self._status("online"))
+        self._refresh()
         self.notifier.status("connecting to the broker")
         return None
 
@@ -280,7 +280,7 @@ class Service:
                 )
             if engine is not None and engine.sweep is not sweep_published:
                 sweep_published = engine.sweep
-                self.transport.set_status(self._status("online"))
+                self._refresh()
             self._take_signals()
             interval = self.notifier.watchdog_interval_s
             if interval is not None and now - last_ping >= interval:
@@ -369,7 +369,7 @@ class Service:
                 threads=self.cfg.model.n_threads or default_threads(), n_ctx=self.cfg.model.n_ctx
             )
         log.info("reloaded", applied=list(plan.applied), needs_restart=list(plan.needs_restart))
-        self.transport.set_status(self._status("online"))
+        self._refresh()
         restart = (
             f"; restart needed for {', '.join(plan.needs_restart)}" if plan.needs_restart else ""
         )

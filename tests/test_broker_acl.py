@@ -307,22 +307,23 @@ def test_only_the_daemon_writes_home_assistant_discovery(login: Any) -> None:
     assert daemon.received() == [("homeassistant/status", "online")]
 
 
-def test_only_home_assistant_presses_the_nodes_button(login: Any) -> None:
-    daemon, alice, ha = login("edgellm"), login("alice"), login("homeassistant")
-    press = "edgellm/kitchen/command/thread_sweep"
-    daemon.subscribe("edgellm/+/command/#")
-    alice.publish(press, "PRESS")
-    ha.publish(press, "PRESS")
-    assert daemon.received() == [(press, "PRESS")]
-
-
-def test_only_trusted_users_swap_the_model(login: Any) -> None:
-    daemon, alice, admin = login("edgellm"), login("alice"), login("admin")
-    command = "edgellm/kitchen/command/model"
+@pytest.mark.parametrize(
+    ("trusted", "command", "payload"),
+    [
+        # Home Assistant's button "Measure threads again".
+        ("homeassistant", "edgellm/kitchen/command/thread_sweep", "PRESS"),
+        # The model command (docs/MODELS.md, Swapping models).
+        ("admin", "edgellm/kitchen/command/model", "gemma3-270m"),
+    ],
+)
+def test_only_trusted_users_send_commands(
+    login: Any, trusted: str, command: str, payload: str
+) -> None:
+    daemon, alice, user = login("edgellm"), login("alice"), login(trusted)
     daemon.subscribe("edgellm/+/command/#")
     alice.publish(command, "qwen3-4b")
-    admin.publish(command, "gemma3-270m")
-    assert daemon.received() == [(command, "gemma3-270m")]
+    user.publish(command, payload)
+    assert daemon.received() == [(command, payload)]
 
 
 def test_a_user_resets_only_its_own_sessions(login: Any) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
-import math
 import os
 import queue
 import re
@@ -114,7 +113,7 @@ class HttpFrontDoor:
             code = {404: "model_not_found", 503: "busy"}.get(err.status, "model_unavailable")
             refused = HttpError(err.status, err.message, code)
             if err.retry_after_s is not None:
-                refused.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
+                refused.headers["Retry-After"] = retry_after(err.retry_after_s)
             raise refused from None
 
     def start(self) -> bool:
@@ -340,8 +339,13 @@ class HttpFrontDoor:
             return
         headers = {}
         if extra.get("retry_after_s") is not None:
-            headers["Retry-After"] = str(max(1, round(extra["retry_after_s"] + 0.49)))
+            headers["Retry-After"] = retry_after(extra["retry_after_s"])
         h.send_json(STATUS.get(code, 500), wire.error_body(str(code), message), headers)
+
+
+def retry_after(seconds: float) -> str:
+    """The Retry-After header: whole seconds, rounded up, at least 1."""
+    return str(max(1, round(seconds + 0.49)))
 
 
 def _ollama_error(code: str, message: str) -> dict[str, Any]:
