@@ -8,8 +8,10 @@ with HA's own clients, and read each reply as HA does.
 HA pins ollama==0.6.2 and openai==3.26.0 (install them, e.g. `pip install --target DIR` with DIR
 on PYTHONPATH; else a warning). Sync clients: HA's async twins send the same bodies.
 
-Per request: HTTP status, TTFT (the first chunk carrying content or a tool call; the whole
-request when not streamed), total time, the prompt tokens the server reports (ollama:
+Per request: HTTP status, TTFT (the first chunk carrying content or a piece of a tool call; the
+whole request when not streamed), "ready" (when HA's reader has something to act on: the first
+words, or a tool call once complete; a server that streams a call piece by piece has its TTFT
+before the call is usable), total time, the prompt tokens the server reports (ollama:
 prompt_eval_count; OpenAI: usage, else llama-server's timings), and the tool call as HA takes
 it: ollama/entity.py _transform_stream + _parse_tool_args; llama_cpp/entity.py _transform_stream
 (only delta.tool_calls[0], tracked by index, arguments json.loads-ed; "role" says whether a delta
@@ -19,6 +21,9 @@ carried role "assistant", without which HA's streaming TTS stays silent) or _tra
 before each of HA's requests, to show what losing the cached prefix costs.
 --start-edgellm runs a daemon and a broker (bench/common.py), --start-llama-server llama.cpp's own
 server (bench/llamacpp_build.py) with --jinja on the same model and threads; loopback only.
+--peer-template gives llama-server a template that renders tools (bench/templates/chatml-tools
+.jinja, SmolLM2's own with HA's tools as JSON in the Hermes shape), so that both servers do the
+same work: without it llama-server drops the tools of a model whose template takes none.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from bench import ha_fixture, llamacpp_build, peers
 from bench.common import free_port, machine, serving
 from daemon import cpus, models
 
+# SmolLM2's template with tools in the Hermes shape: llama-server then renders HA's tools and
+# parses the calls (its own template for this model takes none and drops them).
+PEER_TEMPLATE = Path(__file__).parent / "templates" / "chatml-tools.jinja"
 HA_PINS = {"ollama": "0.6.2", "openai": "3.26.0"}  # ollama/ and llama_cpp/manifest.json
 BETWEEN = [
     {"role": "system", "content": "You write short captions for a photo album."},
@@ -59,6 +67,7 @@ class Row:
     status: int | None = None
     error: str | None = None
     ttft_s: float | None = None
+    ready_s: float | None = None  # HA has something to act on: words to speak or a whole call
     total_s: float | None = None
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
@@ -96,14 +105,14 @@ def run_ollama(client: ollama.Client, call: ha_fixture.Call, names: set[str]) ->
         for chunk in client.chat(**call.kwargs):
             chunks.append(chunk)
             if first is None and (chunk.message.content or chunk.message.tool_calls):
-                first = time.perf_counter()
+                first = time.perf_counter()  # ollama sends a call whole: ready at once
         row.status = 200
     except ollama.ResponseError as err:
         row.status, row.error = err.status_code, str(err.error)[:160]
     except Exception as err:
         row.error = repr(err)[:160]
     row.total_s = round(time.perf_counter() - t0, 3)
-    row.ttft_s = round(first - t0, 3) if first else None
+    row.ttft_s = row.ready_s = round(first - t0, 3) if first else None
     if chunks:
         row.prompt_tokens = chunks[-1].prompt_eval_count
     return _judge(row, ha_fixture.ha_read_ollama(chunks), names) if row.status == 200 else row
@@ -126,19 +135,30 @@ def run_openai(
 ) -> Row:
     """One chat.completions.create call, streamed or not as HA's config flow decided."""
     row, chunks, first, t0 = _row(integration, call), [], None, time.perf_counter()
+    ready, call_index = None, None
     try:
         result = client.chat.completions.create(**call.kwargs)
         if call.kwargs.get("stream"):
             for chunk in result:
                 chunks.append(chunk)
-                delta = chunk.choices[0].delta if chunk.choices else None
+                now, choice = time.perf_counter(), chunk.choices[0] if chunk.choices else None
+                delta = choice.delta if choice else None
                 if first is None and delta is not None and (delta.content or delta.tool_calls):
-                    first = time.perf_counter()
+                    first = now
+                # HA's reader acts on words at once, on a call when it is complete: the next
+                # call's first piece or the finishing chunk (llama_cpp/entity.py).
+                piece = delta.tool_calls[0] if delta is not None and delta.tool_calls else None
+                done_call = call_index is not None and (
+                    (piece is not None and piece.index != call_index) or choice.finish_reason
+                )
+                if ready is None and ((delta is not None and delta.content) or done_call):
+                    ready = now
+                call_index = piece.index if piece is not None else call_index
             usage = next((c.usage for c in reversed(chunks) if c.usage), None)
             _usage(row, usage, getattr(chunks[-1] if chunks else None, "model_extra", None))
             reading = ha_fixture.ha_read_openai_stream(chunks)
         else:
-            first = time.perf_counter()
+            first = ready = time.perf_counter()
             _usage(row, result.usage, result.model_extra)
             reading = ha_fixture.ha_read_openai_message(result.choices[0].message)
         row.status = 200
@@ -148,6 +168,7 @@ def run_openai(
         row.error = repr(err)[:160]
     row.total_s = round(time.perf_counter() - t0, 3)
     row.ttft_s = round(first - t0, 3) if first else None
+    row.ready_s = round(ready - t0, 3) if ready else None
     if row.status == 200:
         _judge(row, reading, names).role = reading.role if call.kwargs.get("stream") else None
     return row
@@ -270,6 +291,8 @@ def _summarise(mine: list[Row]) -> dict[str, Any]:
         "cold_ttft_s": cold_ttft,
         "cold_prompt_tokens": cold.prompt_tokens,
         "cold_prefill_tok_s": round(prefill, 1) if prefill else None,
+        "median_ttft_s": _median([r.ttft_s for r in ok if r.ttft_s is not None]),
+        "median_ready_s": _median([r.ready_s for r in ok if r.ready_s is not None]),
         "followup_ttft_s": _median(follow),
         "followup_share_of_cold": _share(_median(follow), cold_ttft),
         "new_conversation_ttft_s": _median(opening),
@@ -300,12 +323,14 @@ def summary(rows: list[Row]) -> dict[str, Any]:
 
 # (heading, width) of the table's columns; the error, when there is one, follows the row.
 COLUMNS = [("integration", 11), ("conv", 4), ("turn", 4), ("call", 4), ("status", 6)]
-COLUMNS += [("ttft_s", 7), ("total_s", 7), ("prompt", 6), ("cached", 6), ("parses", 6)]
+COLUMNS += [("ttft_s", 7), ("ready_s", 7), ("total_s", 7), ("prompt", 6), ("cached", 6)]
+COLUMNS += [("parses", 6)]
 COLUMNS += [("role", 5), ("right", 5), ("tool", 30)]
 
 
 def _print_row(r: Row) -> None:
-    cells = [r.integration, r.conversation, r.turn, r.call, r.status, r.ttft_s, r.total_s]
+    cells = [r.integration, r.conversation, r.turn, r.call, r.status, r.ttft_s, r.ready_s]
+    cells += [r.total_s]
     cells += [r.prompt_tokens, r.cached_tokens, r.parses, r.role, r.right, r.tool]
     line = " ".join(
         f"{'-' if c is None else c!s:>{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True)
@@ -319,7 +344,9 @@ def _print_row(r: Row) -> None:
 class JinjaServer(peers.Server):
     """peers.Server's llama-server with --jinja, one slot, the prompt cache, HA's 8192 context."""
 
-    def __init__(self, binary: Path, model: Path, threads: int, api_key: str | None) -> None:
+    def __init__(
+        self, binary: Path, model: Path, threads: int, api_key: str | None, template: Path | None
+    ) -> None:
         self.port = free_port()
         self.tokens = 0
         help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True).stdout
@@ -337,6 +364,7 @@ class JinjaServer(peers.Server):
         ]
         argv += ["--cache-prompt"] if "--cache-prompt" in help_text else []
         argv += ["--api-key", api_key] if api_key else []
+        argv += ["--chat-template-file", str(template)] if template else []
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_http(f"http://127.0.0.1:{self.port}/health", self.proc)
 
@@ -356,7 +384,8 @@ def start_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
     model = models.locate(args.edgellm_model if args.start_edgellm else models.DEFAULT_MODEL, None)
     if args.start_llama_server:
         binary = llamacpp_build.binaries()["llama-server"]
-        server = JinjaServer(binary, model, args.threads, args.api_key)
+        template = PEER_TEMPLATE if args.peer_template else None
+        server = JinjaServer(binary, model, args.threads, args.api_key, template)
         stack.callback(server.close)
         return f"http://127.0.0.1:{server.port}"
     settings: dict[str, Any] = {
@@ -393,6 +422,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--tool-prompt", choices=["compact", "json"], default="compact", help="--start-edgellm's"
+    )
+    ap.add_argument(
+        "--peer-template",
+        action="store_true",
+        help="--start-llama-server with a template that renders tools (bench/templates/)",
     )
     start = ap.add_mutually_exclusive_group()
     start.add_argument("--start-edgellm", action="store_true")

@@ -24,6 +24,7 @@ _LLAMA_ATTRS = (
     "input_ids",
     "n_tokens",
     "_sampler",
+    "_init_sampler",
 )
 _CTX_ATTRS = ("ctx", "set_n_threads", "close")
 _MODEL_ATTRS = ("vocab", "token_get_text", "n_ctx_train", "add_bos_token")
@@ -102,6 +103,33 @@ def release_sampler(llm: Any) -> None:
     sampler, llm._sampler = llm._sampler, None
     if sampler is not None:
         sampler.close()
+
+
+def check_grammar_after_sampling(llm: Any) -> None:
+    """Make llm apply a request's grammar as llama.cpp's own samplers do: sample, then check the
+    one token (checked_sampler.py). 0.3.36's generate() makes its sampler through
+    Llama._init_sampler(..., grammar=...) and then calls only its sample(ctx, idx); this wraps
+    that one method on this instance. LlamaGrammar keeps its text in _grammar and its root rule
+    in _root. Tested: 0.3.36."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    from daemon.engine.checked_sampler import CheckedSampler
+
+    def init_sampler(**kwargs: Any) -> Any:
+        grammar = kwargs.pop("grammar", None)
+        chain = Llama._init_sampler(llm, **kwargs)
+        if grammar is None:
+            return chain
+        native = llama_cpp.llama_sampler_init_grammar(
+            vocab(llm), grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        if not native:  # grammar_compiles() checked it; never a NULL sampler in use
+            chain.close()
+            raise ValueError("llama.cpp's parser refused the grammar")
+        return CheckedSampler(chain, native, llm.n_vocab())
+
+    llm._init_sampler = init_sampler
 
 
 def token_text(llm: Any, token: int) -> str:

@@ -55,6 +55,7 @@ def load(
         verbose=False,
     )
     llama_compat.check_internals(llm)
+    llama_compat.check_grammar_after_sampling(llm)  # a grammar costs a check per token
     if mcfg.n_ctx is None:  # auto: the model's own length as far as memory allows
         from daemon.governor.startctx import auto_context
 
