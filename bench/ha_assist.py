@@ -345,7 +345,13 @@ class JinjaServer(peers.Server):
     """peers.Server's llama-server with --jinja, one slot, the prompt cache, HA's 8192 context."""
 
     def __init__(
-        self, binary: Path, model: Path, threads: int, api_key: str | None, template: Path | None
+        self,
+        binary: Path,
+        model: Path,
+        threads: int,
+        api_key: str | None,
+        template: Path | None,
+        extra: list[str],
     ) -> None:
         self.port = free_port()
         self.tokens = 0
@@ -365,6 +371,7 @@ class JinjaServer(peers.Server):
         argv += ["--cache-prompt"] if "--cache-prompt" in help_text else []
         argv += ["--api-key", api_key] if api_key else []
         argv += ["--chat-template-file", str(template)] if template else []
+        argv += extra
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_http(f"http://127.0.0.1:{self.port}/health", self.proc)
 
@@ -385,7 +392,8 @@ def start_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str:
     if args.start_llama_server:
         binary = llamacpp_build.binaries()["llama-server"]
         template = PEER_TEMPLATE if args.peer_template else None
-        server = JinjaServer(binary, model, args.threads, args.api_key, template)
+        extra = [a for arg in args.peer_arg for a in arg.split()]
+        server = JinjaServer(binary, model, args.threads, args.api_key, template, extra)
         stack.callback(server.close)
         return f"http://127.0.0.1:{server.port}"
     settings: dict[str, Any] = {
@@ -427,6 +435,9 @@ def main() -> None:
         "--peer-template",
         action="store_true",
         help="--start-llama-server with a template that renders tools (bench/templates/)",
+    )
+    ap.add_argument(
+        "--peer-arg", action="append", default=[], help="more llama-server flags, e.g. '-fa off'"
     )
     start = ap.add_mutually_exclusive_group()
     start.add_argument("--start-edgellm", action="store_true")

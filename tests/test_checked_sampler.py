@@ -17,7 +17,10 @@ from daemon.engine.checked_sampler import CheckedSampler
 
 SCHEMA = {
     "type": "object",
-    "properties": {"action": {"enum": ["on", "off"]}, "device": {"type": "string"}},
+    "properties": {
+        "action": {"enum": ["on", "off"]},
+        "device": {"type": "string", "maxLength": 24},
+    },
     "required": ["action", "device"],
 }
 PROMPT = "<|im_start|>user\nTurn on the kitchen light, as JSON.<|im_end|>\n<|im_start|>assistant\n"
@@ -64,7 +67,8 @@ def _generate(
 
 
 def _schema() -> Any:
-    return LlamaGrammar.from_json_schema(json.dumps(SCHEMA), verbose=False)
+    """SCHEMA as the engine compiles it (no raw control characters inside strings)."""
+    return LlamaGrammar.from_string(structured._schema_gbnf(json.dumps(SCHEMA)), verbose=False)
 
 
 def test_greedy_text_is_the_same_token_for_token(llm: Any):
@@ -76,14 +80,16 @@ def test_greedy_text_is_the_same_token_for_token(llm: Any):
         own, _ = _generate(llm, grammar, checked=False, temp=0.0)
         mine, counts = _generate(llm, grammar, checked=True, temp=0.0)
         assert mine == own and mine
-        assert sum(counts) == len(mine)
+        assert sum(counts) == len(mine) + 1  # and the end (EOS, or the one past the limit)
 
 
 def test_sampled_replies_obey_the_schema_and_refused_tokens_are_sampled_again(llm: Any):
     refused = 0
     for seed in range(6):
         llm.set_seed(seed)
-        tokens, counts = _generate(llm, _schema(), checked=True, temp=1.0, top_k=40, top_p=0.95)
+        tokens, counts = _generate(
+            llm, _schema(), checked=True, limit=96, temp=1.0, top_k=40, top_p=0.95
+        )
         reply = json.loads(llm.detokenize(tokens).decode())
         assert reply["action"] in ("on", "off") and isinstance(reply["device"], str)
         refused += counts[1]
@@ -117,3 +123,18 @@ def test_releasing_frees_the_grammar_and_the_chain(llm: Any):
     llama_compat.release_sampler(llm)
     assert sampler._grammar is None and sampler._chain.sampler is None
     sampler.close()  # twice: no error
+
+
+def test_the_engine_loads_every_model_with_the_check(model_path: Path):
+    from daemon.config import ModelConfig
+    from daemon.engine import loading
+
+    llm, _, _ = loading.load(model_path, "smollm2-135m", ModelConfig(n_ctx=512, n_threads=1), False)
+    try:
+        stream = llm.generate(llm.tokenize(PROMPT.encode(), special=True), grammar=_schema())
+        next(stream)
+        stream.close()
+        assert isinstance(llm._sampler, CheckedSampler)
+        llama_compat.release_sampler(llm)
+    finally:
+        llm.close()

@@ -36,7 +36,6 @@ class CheckedSampler:
         self._grammar = grammar  # a native llama_sampler (llama_sampler_init_grammar)
         self._cur = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._ids = np.arange(n_vocab, dtype=np.int32)
-        self._one = llama_cpp.llama_token_data()
         self.checked = 0  # tokens the grammar took as sampled
         self.refused = 0  # tokens it refused: sampled again under the grammar
 
@@ -70,8 +69,8 @@ class CheckedSampler:
         return int(array.data[array.selected].id)
 
     def _allows(self, token: int) -> bool:
-        lib, one = self._lib, self._one
-        one.id, one.logit, one.p = token, 1.0, 0.0
+        lib = self._lib
+        one = lib.llama_token_data(token, 1.0, 0.0)
         array = lib.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
         lib.llama_sampler_apply(self._grammar, ctypes.byref(array))
         return not math.isinf(one.logit)
