@@ -138,3 +138,14 @@ def test_the_engine_loads_every_model_with_the_check(model_path: Path):
         llama_compat.release_sampler(llm)
     finally:
         llm.close()
+
+
+def test_the_check_keeps_no_model_alive(model_path: Path):
+    import weakref
+
+    llm = llama_compat.load_llama(str(model_path), repack=False, n_ctx=128, verbose=False)
+    llama_compat.check_grammar_after_sampling(llm)
+    ref = weakref.ref(llm)
+    llm.close()
+    del llm
+    assert ref() is None  # freed by reference counting, no garbage collection needed

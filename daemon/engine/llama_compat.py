@@ -109,25 +109,31 @@ def check_grammar_after_sampling(llm: Any) -> None:
     """Make llm apply a request's grammar as llama.cpp's own samplers do: sample, then check the
     one token (checked_sampler.py). 0.3.36's generate() makes its sampler through
     Llama._init_sampler(..., grammar=...) and then calls only its sample(ctx, idx); this wraps
-    that one method on this instance. LlamaGrammar keeps its text in _grammar and its root rule
-    in _root. Tested: 0.3.36."""
+    that one method on this instance (through a weak reference: no cycle keeps a closed model's
+    Llama alive). LlamaGrammar keeps its text in _grammar and its root rule in _root.
+    Tested: 0.3.36."""
+    import weakref
+
     import llama_cpp
     from llama_cpp import Llama
 
     from daemon.engine.checked_sampler import CheckedSampler
 
+    owner = weakref.ref(llm)
+
     def init_sampler(**kwargs: Any) -> Any:
+        me: Any = owner()  # alive: only its own generate() calls this
         grammar = kwargs.pop("grammar", None)
-        chain = Llama._init_sampler(llm, **kwargs)
+        chain = Llama._init_sampler(me, **kwargs)
         if grammar is None:
             return chain
         native = llama_cpp.llama_sampler_init_grammar(
-            vocab(llm), grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+            vocab(me), grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
         )
         if not native:  # grammar_compiles() checked it; never a NULL sampler in use
             chain.close()
             raise ValueError("llama.cpp's parser refused the grammar")
-        return CheckedSampler(chain, native, llm.n_vocab())
+        return CheckedSampler(chain, native, me.n_vocab())
 
     llm._init_sampler = init_sampler
 
