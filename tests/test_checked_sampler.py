@@ -53,6 +53,9 @@ def _generate(
     else:
         llm.__dict__.pop("_init_sampler", None)  # back to the class's own method
     prompt = llm.tokenize(PROMPT.encode(), special=True)
+    # Evaluated afresh every time: a cached prefix re-evaluates its last token alone, and the
+    # single-token kernels round differently from the batch ones on some CPUs.
+    llm.reset()
     out: list[int] = []
     try:
         for token in llm.generate(prompt, grammar=grammar, **{"repeat_penalty": 1.1, **kw}):
