@@ -5,8 +5,9 @@ vocabulary at every token) and edgellm's (sample, then check: engine/checked_sam
 
 Two grammars, each on the prompt it serves: Home Assistant's first call with its 26 tools in
 edgellm's compact format ("text or a call"; the model answers in text) and a JSON schema reply
-(every token constrained). Greedy, the same tokens every way (the test suite holds that); the
-modes are interleaved within each round. Prints tok/s per mode and round, then medians as JSON.
+(every token constrained). Greedy, the same tokens every way (the test suite holds that); each
+reply is timed to its end (at most --tokens); the modes are interleaved within each round.
+Prints tok/s per mode and round, then medians as JSON.
 """
 
 from __future__ import annotations
@@ -57,20 +58,26 @@ def workloads() -> dict[str, tuple[str, str]]:
 
 
 def decode_rate(llm: Any, prompt: list[int], grammar: Any, mode: str, n: int) -> float:
-    """tok/s of n tokens after the first (the prompt is cached after the first round)."""
+    """tok/s of up to n tokens after the first, to the reply's end (the prompt is cached after
+    the first round)."""
+    import llama_cpp
+
     if mode == "checked":
         llama_compat.check_grammar_after_sampling(llm)
     else:
         llm.__dict__.pop("_init_sampler", None)  # llama-cpp-python's own
+    vocab = llama_compat.vocab(llm)
     count, start = 0, None
     try:
         stream = llm.generate(
             prompt, temp=0.0, repeat_penalty=1.1, grammar=None if mode == "none" else grammar
         )
-        for _ in stream:
+        for token in stream:
             if start is None:
                 start = time.perf_counter()
                 continue
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
             count += 1
             if count >= n:
                 break

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import pytest
 from llama_cpp import LlamaGrammar
 
@@ -59,7 +60,7 @@ def _generate(
     out: list[int] = []
     try:
         for token in llm.generate(prompt, grammar=grammar, **{"repeat_penalty": 1.1, **kw}):
-            if token == llm.token_eos() or len(out) >= limit:
+            if llama_cpp.llama_vocab_is_eog(llama_compat.vocab(llm), token) or len(out) >= limit:
                 break
             out.append(token)
         sampler = llm._sampler
