@@ -44,16 +44,14 @@ def _chatml(system: str, user: str) -> str:
 
 
 def workloads() -> dict[str, tuple[str, str]]:
-    """name: (prompt text, GBNF)."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
+    """name: (prompt text, GBNF as the engine compiles it)."""
     tools = tuple(ha_fixture.tools())
     system = f"{ha_fixture.system_prompt()}\n\n{toolprompt.section(tools, 'compact')}"
     ha = _chatml(system, "Tell me a long story about the kitchen light.")
-    note = "Describe the kitchen light in the note, at length."
+    note = _chatml("Answer in JSON.", "Describe the kitchen light in the note, at length.")
     return {
         "ha_tools": (ha, structured._call_gbnf(tools, "edgellm", "auto")),
-        "json_schema": (_chatml("Answer in JSON.", note), json_schema_to_gbnf(json.dumps(SCHEMA))),
+        "json_schema": (note, structured._schema_gbnf(json.dumps(SCHEMA))),
     }
 
 
@@ -62,10 +60,7 @@ def decode_rate(llm: Any, prompt: list[int], grammar: Any, mode: str, n: int) ->
     the first round)."""
     import llama_cpp
 
-    if mode == "checked":
-        llama_compat.check_grammar_after_sampling(llm)
-    else:
-        llm.__dict__.pop("_init_sampler", None)  # llama-cpp-python's own
+    llama_compat.check_grammar_after_sampling(llm, on=mode == "checked")
     vocab = llama_compat.vocab(llm)
     count, start = 0, None
     try:

@@ -149,7 +149,8 @@ def run_openai(
                 # call's first piece or the finishing chunk (llama_cpp/entity.py).
                 piece = delta.tool_calls[0] if delta is not None and delta.tool_calls else None
                 done_call = call_index is not None and (
-                    (piece is not None and piece.index != call_index) or choice.finish_reason
+                    (piece is not None and piece.index != call_index)
+                    or (choice is not None and choice.finish_reason)
                 )
                 if ready is None and ((delta is not None and delta.content) or done_call):
                     ready = now

@@ -49,10 +49,7 @@ def _generate(
 ) -> tuple[list[int], tuple[int, int]]:
     """Tokens up to the end of the reply, on llama-cpp-python's own grammar path or the check,
     and the check's counts: tokens taken as sampled, tokens sampled again."""
-    if checked:
-        llama_compat.check_grammar_after_sampling(llm)
-    else:
-        llm.__dict__.pop("_init_sampler", None)  # back to the class's own method
+    llama_compat.check_grammar_after_sampling(llm, on=checked)
     prompt = llm.tokenize(PROMPT.encode(), special=True)
     # Evaluated afresh every time: a cached prefix re-evaluates its last token alone, and the
     # single-token kernels round differently from the batch ones on some CPUs.

@@ -105,13 +105,17 @@ def release_sampler(llm: Any) -> None:
         sampler.close()
 
 
-def check_grammar_after_sampling(llm: Any) -> None:
+def check_grammar_after_sampling(llm: Any, on: bool = True) -> None:
     """Make llm apply a request's grammar as llama.cpp's own samplers do: sample, then check the
-    one token (checked_sampler.py). 0.3.36's generate() makes its sampler through
+    one token (checked_sampler.py); on=False gives it back llama-cpp-python's own way (for the
+    bench and tests that compare the two). 0.3.36's generate() makes its sampler through
     Llama._init_sampler(..., grammar=...) and then calls only its sample(ctx, idx); this wraps
     that one method on this instance (through a weak reference: no cycle keeps a closed model's
     Llama alive). LlamaGrammar keeps its text in _grammar and its root rule in _root.
     Tested: 0.3.36."""
+    if not on:
+        llm.__dict__.pop("_init_sampler", None)  # the class's own method again
+        return
     import weakref
 
     import llama_cpp
