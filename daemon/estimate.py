@@ -6,11 +6,15 @@ needs (HA_CONTEXT tokens, f16) + llama.cpp's compute buffers (COMPUTE_SHARE of t
 least COMPUTE_MIN) + the board's margin, against the memory a model may take now.
 
 Speed: decoding reads every weight once per token (and the KV cache so far), so it goes as
-memory bandwidth over bytes per token; prompt processing is matrix work, ~2 FLOPs per
-non-embedding parameter per token plus attention, so it goes as compute over FLOPs per token.
-One device's effective bandwidth and compute are taken from a model measured on it (`edgellm
-bench`) or, without one, from published figures for its board; another model's speeds are
-that device's rates over its own bytes and FLOPs."""
+memory bandwidth over bytes per token, plus a fixed cost per layer (llama.cpp runs ~36 graph
+nodes a layer, each ending in a barrier of the threads: a third of a 135M model's token here,
+a few per cent of a 1B model's); prompt processing is matrix work, ~2 FLOPs per non-embedding
+parameter per token, plus attention, which grows with the context (and stops growing at a
+sliding window), so it goes as compute over FLOPs per token. One device's rates are taken from
+a model measured on it (`edgellm bench`: two prompt lengths part the dense work from
+attention, a copy of the model with fewer layers parts the per-layer cost from the bytes) or,
+without one, from published figures for its board; another model's speeds are that device's
+rates over its own bytes, layers and FLOPs."""
 
 from __future__ import annotations
 
@@ -29,6 +33,15 @@ VOICE_WARM_TTFT_MAX_S = 1.0  # a spoken follow-up starts within a second
 HA_DECODE_MIN = 4.0
 HA_WARM_TTFT_MAX_S = 3.0
 HA_COLD_TTFT_MAX_S = 120.0  # the first call after a start (HA's prefix is then kept)
+N_UBATCH = 512  # llama.cpp evaluates a prompt this many tokens at a time
+
+# Graph nodes per layer of each architecture in llama.cpp (views included), against llama's:
+# a layer's fixed cost goes with them. llama and gemma3 counted from llama.cpp's own graph
+# (the two models here); the others from its graph builders (qwen2: bias adds; qwen3: q/k
+# norms; phi3: fused qkv; granite: residual scales).
+NODES_PER_LAYER = {"llama": 36, "qwen2": 39, "qwen3": 40, "gemma3": 45, "phi3": 36, "granite": 38}
+# Architectures whose layers mostly attend within a sliding window: (every Nth layer global).
+SWA_GLOBAL_EVERY = {"gemma3": 6}
 
 
 @dataclass(frozen=True)
@@ -45,26 +58,69 @@ class Shape:
     n_ctx_train: int
     chat: bool
     tools: bool
+    arch: str = "llama"
+    q_dim: int = 0  # heads x head size of the queries (0: n_embd)
+    swa_window: int = 0  # tokens a sliding-window layer attends to (0: none)
+
+    @property
+    def dense_flops(self) -> float:
+        """FLOPs per prompt token in the layers' matrices (the embedding is a lookup)."""
+        return 2.0 * max(self.params - self.n_vocab * self.n_embd, self.params * 0.1)
+
+    def attention_flops(self, n_prompt: int) -> float:
+        """FLOPs per token of attention, on average over a prompt of n_prompt tokens: scores
+        and sums (4 per query dimension and cell) over the cells each token's batch computes:
+        all earlier tokens, or on a sliding-window layer the window and the batch."""
+        q_dim = self.q_dim or self.n_embd
+        every = SWA_GLOBAL_EVERY.get(self.arch, 0) if self.swa_window else 0
+        local = self.n_layer - self.n_layer // every if every else 0
+        full = _mean_cells(n_prompt, n_prompt)
+        windowed = _mean_cells(n_prompt, self.swa_window + N_UBATCH // 2)
+        return 4.0 * q_dim * ((self.n_layer - local) * full + local * windowed)
 
     @property
     def prompt_flops(self) -> float:
-        """FLOPs per prompt token at the HA prompt's mean context."""
-        dense = 2.0 * max(self.params - self.n_vocab * self.n_embd, self.params * 0.1)
-        attention = 4.0 * self.n_layer * self.n_embd * (HA_PROMPT_TOKENS / 2)
-        return dense + attention
+        """FLOPs per prompt token of the HA prompt."""
+        return self.dense_flops + self.attention_flops(HA_PROMPT_TOKENS)
+
+    @property
+    def layer_weight(self) -> float:
+        """The fixed cost of one layer against a llama layer's (by llama.cpp's graph nodes)."""
+        nodes = NODES_PER_LAYER["llama"]
+        return NODES_PER_LAYER.get(self.arch, nodes) / nodes
 
     def decode_bytes(self, context: int) -> float:
         """Bytes read per generated token with `context` tokens in the cache."""
         return self.size + self.kv_bytes_per_token * context
 
 
+def _mean_cells(n_prompt: int, reach: int) -> float:
+    """The mean over a prompt's positions p of min(p, reach): the cells a token attends to."""
+    if n_prompt <= reach:
+        return n_prompt / 2
+    return (reach * reach / 2 + (n_prompt - reach) * reach) / n_prompt
+
+
 @dataclass(frozen=True)
 class Rates:
-    """A device's effective memory bandwidth (bytes/s) and compute (FLOP/s), and whence."""
+    """A device's effective memory bandwidth (bytes/s), compute (FLOP/s; attention's apart
+    where measured), seconds per layer a token (a llama layer's) and whence."""
 
     bandwidth: float
     flops: float
     basis: str
+    attention_flops: float = 0.0  # 0: at `flops`
+    layer_s: float = 0.0
+
+    def prompt_s(self, shape: Shape, n_prompt: int = HA_PROMPT_TOKENS) -> float:
+        """Seconds per token of a prompt of n_prompt tokens."""
+        attention = shape.attention_flops(n_prompt) / (self.attention_flops or self.flops)
+        return shape.dense_flops / self.flops + attention
+
+    def decode_s(self, shape: Shape) -> float:
+        """Seconds per generated token, early in a reply."""
+        per_layer = shape.n_layer * shape.layer_weight * self.layer_s
+        return per_layer + shape.decode_bytes(64) / self.bandwidth
 
 
 # Published llama.cpp CPU figures (issue 19; docs/MODELS.md): Pi 5, Qwen2.5-0.5B Q4_0, prompt
@@ -117,8 +173,8 @@ class Speeds:
 
 def estimate_speeds(shape: Shape, rates: Rates) -> Speeds:
     return Speeds(
-        prompt_tps=rates.flops / shape.prompt_flops,
-        decode_tps=rates.bandwidth / shape.decode_bytes(64),
+        prompt_tps=1 / rates.prompt_s(shape),
+        decode_tps=1 / rates.decode_s(shape),
         basis=f"estimated from {rates.basis}",
     )
 
@@ -173,6 +229,9 @@ def shape_from_bench(name: str, result: dict[str, Any], chat: bool, tools: bool)
         n_ctx_train=int(f["n_ctx_train"]),
         chat=chat,
         tools=tools,
+        arch=str(f.get("arch") or "llama"),
+        q_dim=int(f.get("q_dim") or 0),
+        swa_window=int(f.get("swa_window") or 0),
     )
 
 
@@ -188,6 +247,46 @@ def measured_speeds(result: dict[str, Any]) -> Speeds:
         None if cold is None else float(cold),
         None if warm is None else float(warm),
     )
+
+
+def rates_from_bench(shape: Shape, result: dict[str, Any], basis: str) -> Rates:
+    """The device's rates from one model's `edgellm bench` result: attention's apart from the
+    dense work where the two prompt lengths part them, and the per-layer cost where the bench
+    measured a copy with fewer layers (decode_split); else rates_from's arithmetic."""
+    speeds = measured_speeds(result)
+    plain = rates_from(shape, speeds.prompt_tps, speeds.decode_tps, basis)
+    flops, attention = plain.flops, 0.0
+    n_ha = int(result.get("ha_prompt_tokens") or HA_PROMPT_TOKENS)
+    t_short, t_ha = 1 / float(result["prompt_tps"]["512"]), 1 / speeds.prompt_tps
+    a_short, a_ha = shape.attention_flops(512), shape.attention_flops(n_ha)
+    if t_ha > t_short and a_ha > a_short:
+        attention = (a_ha - a_short) / (t_ha - t_short)
+        dense_s = t_short - a_short / attention
+        flops, attention = (shape.dense_flops / dense_s, attention) if dense_s > 0 else (flops, 0)
+    layer_s = float(result.get("decode_split", {}).get("layer_s") or 0.0)
+    weights_s = 1 / speeds.decode_tps - shape.n_layer * shape.layer_weight * layer_s
+    if weights_s <= 0:
+        layer_s, weights_s = 0.0, 1 / speeds.decode_tps
+    return Rates(shape.decode_bytes(64) / weights_s, flops, basis, attention, layer_s)
+
+
+def split_decode(shape: Shape, kept: int, kept_size: int, full_s: float, kept_s: float) -> float:
+    """Seconds per token of one llama-sized layer's fixed cost, from a token's decode time with
+    all shape.n_layer layers (full_s) and with the first `kept` alone (kept_s, a file of
+    kept_size bytes): the layers' share of the time and of the bytes part the fixed cost from
+    the reading (time = layers x fixed + bytes x seconds per byte). 0.0 when the two figures
+    do not part them (noise: a negative cost or rate)."""
+    dropped = shape.n_layer - kept
+    if dropped <= 0 or kept_size >= shape.size:
+        return 0.0
+    layer_bytes = (shape.size - kept_size) / dropped
+    head_bytes = shape.size - shape.n_layer * layer_bytes  # embedding/output, read per token
+    per_layer = (full_s - kept_s) / dropped
+    per_byte = (full_s - shape.n_layer * per_layer) / head_bytes if head_bytes > 0 else 0.0
+    fixed = per_layer - layer_bytes * per_byte
+    if per_byte <= 0 or fixed <= 0:
+        return 0.0
+    return fixed / shape.layer_weight
 
 
 def swap_shortfall(

@@ -44,6 +44,86 @@ def test_a_published_anchor_gives_back_its_own_figures_and_scales_by_size():
     assert estimate.published_rates("generic") is None
 
 
+GEMMA = Shape(
+    "gemma", 240 * MIB, 0.27e9, 262144, 640, 18, 18432, 32768, True, False, "gemma3", 1024, 512
+)
+
+
+def test_a_layers_fixed_cost_and_the_bandwidth_are_parted_by_a_shorter_copy():
+    layer_s, per_byte = 0.2e-3, 1 / 15e9  # 0.2 ms a llama layer, 15 GB/s
+    head = 30 * MIB  # the embedding, read whole as the output matrix
+    layer_bytes = (SMALL.size - head) / SMALL.n_layer
+
+    def decode_s(layers: int) -> float:
+        return layers * layer_s + (head + layers * layer_bytes) * per_byte
+
+    kept_size = int(head + 7 * layer_bytes)
+    got = estimate.split_decode(SMALL, 7, kept_size, decode_s(30), decode_s(7))
+    assert got == pytest.approx(layer_s, rel=1e-6)
+    gemma = replace(SMALL, arch="gemma3")  # more graph nodes a layer: its cost is scaled back
+    assert estimate.split_decode(gemma, 7, kept_size, decode_s(30), decode_s(7)) == pytest.approx(
+        layer_s * 36 / 45, rel=1e-6
+    )
+    # Noise that makes the shorter copy no faster parts nothing: no per-layer cost claimed.
+    assert estimate.split_decode(SMALL, 7, kept_size, decode_s(30), decode_s(30)) == 0.0
+    assert estimate.split_decode(SMALL, 30, SMALL.size, decode_s(30), decode_s(30)) == 0.0
+
+
+def _bench_result(shape: Shape, prompt: dict[str, float], decode: float, layer_s: float) -> dict:
+    facts = {
+        "params": shape.params,
+        "n_vocab": shape.n_vocab,
+        "n_embd": shape.n_embd,
+        "n_layer": shape.n_layer,
+        "kv_bytes_per_token": shape.kv_bytes_per_token,
+        "n_ctx_train": shape.n_ctx_train,
+        "arch": shape.arch,
+        "q_dim": shape.q_dim or None,
+        "swa_window": shape.swa_window or None,
+    }
+    return {
+        "size": shape.size,
+        "facts": facts,
+        "prompt_tps": prompt,
+        "ha_prompt_tokens": estimate.HA_PROMPT_TOKENS,
+        "decode_tps": {"2": decode},
+        "decode_split": {"layer_s": layer_s},
+    }
+
+
+def test_a_bench_gives_back_its_own_speeds_and_parts_attention_from_the_dense_work():
+    result = _bench_result(SMALL, {"512": 400.0, "ha": 250.0}, 150.0, 0.15e-3)
+    assert estimate.shape_from_bench("small", result, True, False) == SMALL
+    rates = estimate.rates_from_bench(SMALL, result, "small")
+    back = estimate.estimate_speeds(SMALL, rates)
+    assert back.prompt_tps == pytest.approx(250.0) and back.decode_tps == pytest.approx(150.0)
+    assert 1 / rates.prompt_s(SMALL, 512) == pytest.approx(400.0)  # both lengths fit
+    assert rates.layer_s == 0.15e-3 and rates.attention_flops > 0
+    # Two models of the same bytes: the one with more layers decodes slower by their cost.
+    deeper = replace(SMALL, n_layer=60)
+    assert 1 / rates.decode_s(deeper) == pytest.approx(1 / (1 / 150.0 + 30 * 0.15e-3))
+    # A per-layer cost beyond the whole token's time is noise: plain bandwidth instead.
+    noisy = estimate.rates_from_bench(SMALL, {**result, "decode_split": {"layer_s": 1.0}}, "x")
+    assert noisy.layer_s == 0.0 and 1 / noisy.decode_s(SMALL) == pytest.approx(150.0)
+    # A long prompt no slower per token than a short one parts nothing: one rate for both.
+    flat = estimate.rates_from_bench(
+        SMALL, _bench_result(SMALL, {"512": 250.0, "ha": 250.0}, 150.0, 0.0), "x"
+    )
+    assert flat.attention_flops == 0.0 and 1 / flat.prompt_s(SMALL) == pytest.approx(250.0)
+
+
+def test_sliding_window_layers_stop_costing_more_past_their_window():
+    full = replace(GEMMA, swa_window=0)
+    assert GEMMA.attention_flops(512) == pytest.approx(full.attention_flops(512))
+    assert GEMMA.attention_flops(4600) < 0.5 * full.attention_flops(4600)
+    # 3 of 18 layers attend to everything: the growth past the window is theirs.
+    grow = GEMMA.attention_flops(9200) - GEMMA.attention_flops(4600)
+    assert grow == pytest.approx(
+        (full.attention_flops(9200) - full.attention_flops(4600)) * 3 / 18, rel=0.1
+    )
+    assert SMALL.attention_flops(4600) == pytest.approx(4 * 30 * 576 * 2300)  # q_dim: n_embd
+
+
 def test_every_catalog_model_has_the_facts_advise_needs():
     for name, entry in CATALOG.items():
         shape = advise.shape_of(entry)

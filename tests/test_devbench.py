@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon import benchreport, cli, devbench
+from daemon import benchreport, benchwatch, cli, devbench
 from daemon.catalog import DEFAULT_MODEL
 from daemon.engine import cpuprobe
 
@@ -72,6 +72,35 @@ def test_the_facts_are_the_models(state: Path):
     assert facts["n_ctx_train"] == 8192 and facts["n_layer"] == 30 and facts["n_embd"] == 576
     assert facts["n_vocab"] == 49152 and facts["kv_bytes_per_token"] == 23040
     assert 130e6 < facts["params"] < 140e6
+    assert facts["arch"] == "llama" and facts["swa_window"] is None
+    assert facts["q_dim"] is None  # llama's metadata names no key length: n_embd's
+
+
+def test_the_layer_probe_decodes_a_quarter_of_the_layers_and_leaves_no_copy(
+    state: Path, model_path: Path
+):
+    split = devbench.load_results(state / devbench.FILE_NAME)[DEFAULT_MODEL]["decode_split"]
+    assert split["kept_layers"] == 7 and split["threads"] == 1  # 30 // 4
+    whole = model_path.stat().st_size
+    assert 0.25 * whole < split["kept_size"] < 0.75 * whole  # the embedding stays whole
+    assert split["token_ms"]["whole"] > split["token_ms"]["kept"] > 0 or split["layer_s"] == 0.0
+    assert split["layer_s"] >= 0  # 0.0: noise parted nothing
+    assert not list(model_path.parent.glob(".*-layers.*"))
+
+
+def test_a_copy_without_layers_loads_as_the_shorter_model(model_path: Path, tmp_path: Path):
+    from daemon.engine import llama_compat
+
+    copy = tmp_path / "short.gguf"
+    llama_compat.copy_without_layers(str(model_path), str(copy), [29, 28, 5])
+    llm = llama_compat.load_llama(str(copy), repack=False, n_ctx=64, verbose=False)
+    try:
+        assert llm.metadata["llama.block_count"] == "27"
+        llm.eval(llm.tokenize(b"The kitchen light is on."))  # runs, whatever it would say
+    finally:
+        llm.close()
+    with pytest.raises(RuntimeError, match="could not copy"):
+        llama_compat.copy_without_layers(str(tmp_path / "absent.gguf"), str(copy), [1])
 
 
 @pytest.mark.usefixtures("private_state")  # the state directory the first run wrote to
@@ -133,8 +162,8 @@ def test_fewest_threads_near_the_fastest_win():
 
 
 def test_temperature_rise_is_none_without_a_sensor():
-    assert devbench.temperatures(None, None) == {"before": None, "after": None, "rise": None}
-    assert devbench.temperatures(50.0, 53.3)["rise"] == pytest.approx(3.3)
+    assert benchwatch.temperatures(None, None) == {"before": None, "after": None, "rise": None}
+    assert benchwatch.temperatures(50.0, 53.3)["rise"] == pytest.approx(3.3)
 
 
 def test_the_defaults():

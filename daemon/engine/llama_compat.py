@@ -277,3 +277,22 @@ def restore_sequence(llm: Any, buf: Any, tokens: list[int]) -> bool:
     llm.n_tokens = len(tokens)
     llm._requires_eval = True
     return True
+
+
+def copy_without_layers(src: str, dst: str, drop: list[int]) -> None:
+    """Write dst: src's tensors as they are, less the blocks numbered in drop (ascending), the
+    rest renumbered and the block count set (llama.cpp's quantizer, only_copy and prune_layers;
+    tested: 0.3.36). The copy loads and runs like the model with fewer layers; its words mean
+    nothing. Raises RuntimeError when llama.cpp refuses."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.only_copy = True
+    params.nthread = 1
+    layers = (ctypes.c_int32 * (len(drop) + 1))(*sorted(drop), -1)  # -1 ends the list
+    params.prune_layers = ctypes.cast(layers, ctypes.POINTER(ctypes.c_int32))
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp could not copy {src} without layers {drop} (code {rc})")
