@@ -22,9 +22,24 @@ def format_table(key: str, r: dict[str, Any], warm_tokens: int) -> str:
         f"{r['ha_prompt_tokens']} (HA) {tps['ha']:.1f}",
         f"TTFT HA: cold {ttft['cold_ha']:.3f} s, warm (+{warm_tokens}) {ttft['warm_ha']:.3f} s",
         f"decode tok/s by threads: {decode}  (best {r['best_threads']})",
+        *_split_line(r.get("decode_split") or {}),
         f"peak RSS {r['peak_rss_mib']} MiB; temperature {temp}",
     ]
     return "\n".join(lines)
+
+
+def _split_line(split: dict[str, Any]) -> list[str]:
+    """The layer probe's figures, or why it did not run."""
+    if "skipped" in split:
+        return [f"layer probe: skipped ({split['skipped']})"]
+    if not split:
+        return []
+    ms = split["token_ms"]
+    return [
+        f"decode step ({split['threads']} threads, median): {1e3 / ms['whole']:.1f} tok/s; "
+        f"with {split['kept_layers']} layers {1e3 / ms['kept']:.1f}: fixed cost "
+        f"{split['layer_s'] * 1e3:.3f} ms a llama-sized layer"
+    ]
 
 
 def draw(results: dict[str, Any], out: Path) -> Path:

@@ -67,15 +67,15 @@ class Shape:
         """FLOPs per prompt token in the layers' matrices (the embedding is a lookup)."""
         return 2.0 * max(self.params - self.n_vocab * self.n_embd, self.params * 0.1)
 
-    def attention_flops(self, n_prompt: int) -> float:
-        """FLOPs per token of attention, on average over a prompt of n_prompt tokens: scores
-        and sums (4 per query dimension and cell) over the cells each token's batch computes:
-        all earlier tokens, or on a sliding-window layer the window and the batch."""
+    def attention_flops(self, n_prompt: int, start: int = 0) -> float:
+        """FLOPs per token of attention, on average over a prompt's tokens start..n_prompt:
+        scores and sums (4 per query dimension and cell) over the cells each token's batch
+        computes: all earlier tokens, or on a sliding-window layer the window and the batch."""
         q_dim = self.q_dim or self.n_embd
         every = SWA_GLOBAL_EVERY.get(self.arch, 0) if self.swa_window else 0
         local = self.n_layer - self.n_layer // every if every else 0
-        full = _mean_cells(n_prompt, n_prompt)
-        windowed = _mean_cells(n_prompt, self.swa_window + N_UBATCH // 2)
+        full = _mean_cells(start, n_prompt, n_prompt)
+        windowed = _mean_cells(start, n_prompt, self.swa_window + N_UBATCH // 2)
         return 4.0 * q_dim * ((self.n_layer - local) * full + local * windowed)
 
     @property
@@ -94,11 +94,13 @@ class Shape:
         return self.size + self.kv_bytes_per_token * context
 
 
-def _mean_cells(n_prompt: int, reach: int) -> float:
-    """The mean over a prompt's positions p of min(p, reach): the cells a token attends to."""
-    if n_prompt <= reach:
-        return n_prompt / 2
-    return (reach * reach / 2 + (n_prompt - reach) * reach) / n_prompt
+def _mean_cells(start: int, end: int, reach: int) -> float:
+    """The mean over positions start..end of min(p, reach): the cells a token attends to."""
+
+    def total(x: int) -> float:  # the sum of min(p, reach) over 0..x
+        return x * x / 2 if x <= reach else reach * reach / 2 + (x - reach) * reach
+
+    return (total(end) - total(start)) / (end - start)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,9 @@ class Rates:
     attention_flops: float = 0.0  # 0: at `flops`
     layer_s: float = 0.0
 
-    def prompt_s(self, shape: Shape, n_prompt: int = HA_PROMPT_TOKENS) -> float:
-        """Seconds per token of a prompt of n_prompt tokens."""
-        attention = shape.attention_flops(n_prompt) / (self.attention_flops or self.flops)
+    def prompt_s(self, shape: Shape, n_prompt: int = HA_PROMPT_TOKENS, start: int = 0) -> float:
+        """Seconds per token of a prompt's tokens start..n_prompt (those before are cached)."""
+        attention = shape.attention_flops(n_prompt, start) / (self.attention_flops or self.flops)
         return shape.dense_flops / self.flops + attention
 
     def decode_s(self, shape: Shape) -> float:
@@ -155,7 +157,7 @@ class Speeds:
     prompt_tps: float
     decode_tps: float
     basis: str  # "measured on this device" or "estimated from ..."
-    cold_s: float | None = None  # measured TTFTs, where there are some
+    cold_s: float | None = None  # TTFTs measured, or estimated at their own context
     warm_s: float | None = None
 
     @property
@@ -172,10 +174,16 @@ class Speeds:
 
 
 def estimate_speeds(shape: Shape, rates: Rates) -> Speeds:
+    """Prompt and decode tok/s, and the TTFTs: HA's prompt from an empty cache, and a new turn
+    of WARM_NEW_TOKENS on top of it (each new token attends to the whole prompt before it)."""
+    decode_s = rates.decode_s(shape)
+    end = HA_PROMPT_TOKENS + WARM_NEW_TOKENS
     return Speeds(
         prompt_tps=1 / rates.prompt_s(shape),
-        decode_tps=1 / rates.decode_s(shape),
+        decode_tps=1 / decode_s,
         basis=f"estimated from {rates.basis}",
+        cold_s=HA_PROMPT_TOKENS * rates.prompt_s(shape) + decode_s,
+        warm_s=WARM_NEW_TOKENS * rates.prompt_s(shape, end, HA_PROMPT_TOKENS) + decode_s,
     )
 
 
@@ -236,7 +244,11 @@ def shape_from_bench(name: str, result: dict[str, Any], chat: bool, tools: bool)
 
 
 def measured_speeds(result: dict[str, Any]) -> Speeds:
-    decode = max(float(v) for v in result["decode_tps"].values())
+    """A bench result's speeds. Decode: the layer probe's whole-model figure where it ran (the
+    median of many single steps, in turns with the copy: a hiccup of a shared machine moves
+    it least), else the thread sweep's best."""
+    token_ms = result.get("decode_split", {}).get("token_ms", {}).get("whole")
+    decode = 1e3 / token_ms if token_ms else max(float(v) for v in result["decode_tps"].values())
     prompt = float(result["prompt_tps"]["ha"])
     ttft = result.get("ttft_s", {})
     cold, warm = ttft.get("cold_ha"), ttft.get("warm_ha")

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from daemon import estimate
 from daemon.downloads import FREE_MARGIN_BYTES
 
@@ -97,8 +99,6 @@ def token_seconds(llm: Any, threads: int, steps: int) -> float:
 
 def _memory_for(size: int) -> bool:
     """Room for a copy of at most `size` bytes beside the model (unknown memory: yes)."""
-    import psutil
-
     try:
         return int(psutil.virtual_memory().available) > size + MEMORY_MARGIN
     except OSError:

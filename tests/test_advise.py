@@ -105,6 +105,13 @@ def test_a_bench_gives_back_its_own_speeds_and_parts_attention_from_the_dense_wo
     # A per-layer cost beyond the whole token's time is noise: plain bandwidth instead.
     noisy = estimate.rates_from_bench(SMALL, {**result, "decode_split": {"layer_s": 1.0}}, "x")
     assert noisy.layer_s == 0.0 and 1 / noisy.decode_s(SMALL) == pytest.approx(150.0)
+    # The TTFTs: the cold one is the whole prompt; a warm turn's tokens see the whole prompt.
+    assert back.ttft_cold_s == pytest.approx(estimate.HA_PROMPT_TOKENS / 250.0 + 1 / 150.0)
+    per_warm_token = (back.ttft_warm_s - 1 / 150.0) / estimate.WARM_NEW_TOKENS
+    assert 1 / 250.0 < per_warm_token < 1 / 250.0 + 2 * (1 / 250.0 - 1 / 400.0)
+    # The layer probe's whole-model step time is the measured decode where it ran.
+    probed = {**result, "decode_split": {"layer_s": 0.0, "token_ms": {"whole": 5.0}}}
+    assert estimate.measured_speeds(probed).decode_tps == pytest.approx(200.0)
     # A long prompt no slower per token than a short one parts nothing: one rate for both.
     flat = estimate.rates_from_bench(
         SMALL, _bench_result(SMALL, {"512": 250.0, "ha": 250.0}, 150.0, 0.0), "x"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon import benchreport, benchwatch, cli, devbench
+from daemon import benchreport, benchwatch, cli, devbench, layersplit
 from daemon.catalog import DEFAULT_MODEL
 from daemon.engine import cpuprobe
 
@@ -88,6 +88,28 @@ def test_the_layer_probe_decodes_a_quarter_of_the_layers_and_leaves_no_copy(
     assert not list(model_path.parent.glob(".*-layers.*"))
 
 
+def test_the_layer_probe_is_skipped_not_failed_without_room(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def never(_: Path) -> None:
+        raise AssertionError("nothing may be loaded")
+
+    sizes = devbench.Sizes()
+    args = (None, {"n_layer": 30}, {"1": 10.0}, never, sizes)
+    assert (
+        "too few"
+        in layersplit.measure(model_path, None, {"n_layer": 2}, {}, never, sizes)["skipped"]
+    )
+    monkeypatch.setattr(
+        layersplit.psutil, "virtual_memory", lambda: type("M", (), {"available": 0})
+    )
+    assert "memory" in layersplit.measure(model_path, *args)["skipped"]
+    full = type("Usage", (), {"free": 0})
+    monkeypatch.setattr(layersplit.shutil, "disk_usage", lambda _: full)
+    assert "disk" in layersplit.measure(model_path, *args)["skipped"]
+    assert not list(model_path.parent.glob(".*-layers.*"))
+
+
 def test_a_copy_without_layers_loads_as_the_shorter_model(model_path: Path, tmp_path: Path):
     from daemon.engine import llama_compat
 
@@ -137,7 +159,10 @@ def test_the_table_names_the_model_and_where_it_was_stored(
     result = devbench.load_results()[DEFAULT_MODEL]
     text = benchreport.format_table(DEFAULT_MODEL, result, devbench.WARM_TOKENS)
     assert DEFAULT_MODEL in text and "decode tok/s by threads: 1:" in text
+    assert "with 7 layers" in text and "a llama-sized layer" in text
     assert str(private_state) in str(devbench.results_path())
+    skipped = {**result, "decode_split": {"skipped": "no room on the disk for a copy"}}
+    assert "layer probe: skipped (no room" in benchreport.format_table("m", skipped, 100)
 
 
 def test_an_uninstalled_model_names_the_fetch_command(
