@@ -54,11 +54,14 @@ def measure(
     threads = int(max(decode_tps.items(), key=lambda kv: kv[1])[0])
     kept = max(1, n_layer // KEEP_SHARE)
     copy = path.with_name(f".{path.stem}.{kept}-layers.{os.getpid()}.gguf")
-    try:
-        from daemon.engine import llama_compat
+    from daemon.engine import llama_compat
 
-        llama_compat.copy_without_layers(str(path), str(copy), list(range(kept, n_layer)))
-        kept_size = copy.stat().st_size
+    try:
+        try:
+            llama_compat.copy_without_layers(str(path), str(copy), list(range(kept, n_layer)))
+            kept_size = copy.stat().st_size
+        except (RuntimeError, OSError) as err:  # a models directory this user cannot write
+            return {"skipped": f"no copy beside the model: {err}"}
         short = load(copy)
         try:
             full_s, kept_s = [], []

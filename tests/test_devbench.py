@@ -91,6 +91,8 @@ def test_the_layer_probe_decodes_a_quarter_of_the_layers_and_leaves_no_copy(
 def test_the_layer_probe_is_skipped_not_failed_without_room(
     model_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    from daemon.engine import llama_compat
+
     def never(_: Path) -> None:
         raise AssertionError("nothing may be loaded")
 
@@ -104,6 +106,13 @@ def test_the_layer_probe_is_skipped_not_failed_without_room(
         layersplit.psutil, "virtual_memory", lambda: type("M", (), {"available": 0})
     )
     assert "memory" in layersplit.measure(model_path, *args)["skipped"]
+    monkeypatch.undo()
+
+    def unwritable(src: str, dst: str, drop: list[int]) -> None:
+        raise RuntimeError(f"llama.cpp could not copy {src}")  # as for a read-only models dir
+
+    monkeypatch.setattr(llama_compat, "copy_without_layers", unwritable)
+    assert "no copy beside the model" in layersplit.measure(model_path, *args)["skipped"]
     full = type("Usage", (), {"free": 0})
     monkeypatch.setattr(layersplit.shutil, "disk_usage", lambda _: full)
     assert "disk" in layersplit.measure(model_path, *args)["skipped"]
