@@ -107,7 +107,13 @@ def run(spec: str, models_dir: Path | None, sizes: Sizes) -> tuple[str, dict[str
             timings, facts, n_batch = measure(llm, sizes), model_facts(llm), llm.n_batch
             temp_after = benchwatch.read_temp()
         split = layersplit.measure(
-            path, llm, facts, timings["decode_tps"], lambda copy: load(copy, repack, sizes), sizes
+            path,
+            llm,
+            facts,
+            timings["decode_tps"],
+            lambda copy: load(copy, repack, sizes),
+            prompt_tokens(llm, DECODE_PROMPT, SENTENCES, bos=True),  # the sweep's decode prompt
+            sizes,
         )
     finally:
         llm.close()

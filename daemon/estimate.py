@@ -176,13 +176,13 @@ class Speeds:
 def estimate_speeds(shape: Shape, rates: Rates) -> Speeds:
     """Prompt and decode tok/s, and the TTFTs: HA's prompt from an empty cache, and a new turn
     of WARM_NEW_TOKENS on top of it (each new token attends to the whole prompt before it)."""
-    decode_s = rates.decode_s(shape)
+    decode_s, prompt_s = rates.decode_s(shape), rates.prompt_s(shape)
     end = HA_PROMPT_TOKENS + WARM_NEW_TOKENS
     return Speeds(
-        prompt_tps=1 / rates.prompt_s(shape),
+        prompt_tps=1 / prompt_s,
         decode_tps=1 / decode_s,
         basis=f"estimated from {rates.basis}",
-        cold_s=HA_PROMPT_TOKENS * rates.prompt_s(shape) + decode_s,
+        cold_s=HA_PROMPT_TOKENS * prompt_s + decode_s,
         warm_s=WARM_NEW_TOKENS * rates.prompt_s(shape, end, HA_PROMPT_TOKENS) + decode_s,
     )
 

@@ -12,21 +12,18 @@ deleted whatever happens. Its words mean nothing: only its speed counts.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from daemon import estimate
+from daemon import device, estimate
 from daemon.downloads import FREE_MARGIN_BYTES
+from daemon.governor import memory
 
 KEEP_SHARE = 4  # the copy keeps a quarter of the layers: the most leverage, a short copy
 MIN_LAYERS = 4
-PROMPT = b"The kitchen light is on and the living room lamp is dimmed to forty percent."
 MEMORY_MARGIN = 256 << 20  # left available with the copy loaded beside the model
 
 
@@ -36,20 +33,24 @@ def measure(
     facts: dict[str, Any],
     decode_tps: dict[str, float],
     load: Callable[[Path], Any],
+    prompt: list[int],
     sizes: Any,
 ) -> dict[str, Any]:
     """Decode path's model (loaded: llm) and a copy of its first quarter of layers in turns;
     what was measured and layer_s (0.0 when the two do not part the costs), or why nothing
     was. `facts` are the bench's (devbench.model_facts), `decode_tps` its sweep's tok/s by
-    thread count, `load` opens a model file as the bench did; sizes.repeats rounds of
-    sizes.decode_tokens steps each, twice over."""
+    thread count, `load` opens a model file as the bench did, `prompt` is what each decode
+    follows (the copy has the model's vocabulary); sizes.repeats rounds of sizes.decode_tokens
+    steps each, twice over."""
     n_layer = facts.get("n_layer")
     if not n_layer or n_layer < MIN_LAYERS:
         return {"skipped": f"{n_layer} layers: too few to part"}
     size = path.stat().st_size
-    if shutil.disk_usage(path.parent).free < size + FREE_MARGIN_BYTES:
+    free = device.disk_free(path.parent)
+    if free is not None and free < size + FREE_MARGIN_BYTES:
         return {"skipped": "no room on the disk for a copy of the model"}
-    if not _memory_for(size):
+    room = memory.headroom()  # unknown: try
+    if room is not None and room <= size + MEMORY_MARGIN:
         return {"skipped": "not enough memory available to load a copy beside the model"}
     threads = int(max(decode_tps.items(), key=lambda kv: kv[1])[0])
     kept = max(1, n_layer // KEEP_SHARE)
@@ -66,8 +67,8 @@ def measure(
         try:
             full_s, kept_s = [], []
             for _ in range(2 * sizes.repeats):
-                full_s.append(token_seconds(llm, threads, sizes.decode_tokens))
-                kept_s.append(token_seconds(short, threads, sizes.decode_tokens))
+                full_s.append(token_seconds(llm, prompt, threads, sizes.decode_tokens))
+                kept_s.append(token_seconds(short, prompt, threads, sizes.decode_tokens))
         finally:
             short.close()
     finally:
@@ -83,14 +84,14 @@ def measure(
     }
 
 
-def token_seconds(llm: Any, threads: int, steps: int) -> float:
+def token_seconds(llm: Any, prompt: list[int], threads: int, steps: int) -> float:
     """The median seconds of one single-token decode step of a loaded model at `threads`,
-    after a short prompt, over `steps` steps."""
+    after `prompt`, over `steps` steps."""
     from daemon.engine import llama_compat
 
     llama_compat.set_threads(llm, threads)
     llm.reset()
-    llm.eval(llm.tokenize(PROMPT, add_bos=True))
+    llm.eval(prompt)
     token = int(llama_compat.cached_tokens(llm)[-1])
     times = []
     for _ in range(steps):
@@ -98,11 +99,3 @@ def token_seconds(llm: Any, threads: int, steps: int) -> float:
         llm.eval([token])
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def _memory_for(size: int) -> bool:
-    """Room for a copy of at most `size` bytes beside the model (unknown memory: yes)."""
-    try:
-        return int(psutil.virtual_memory().available) > size + MEMORY_MARGIN
-    except OSError:
-        return True

@@ -35,10 +35,8 @@ from daemon.catalog import CATALOG
 from daemon.config import Config
 from daemon.engine import Engine, EngineError, ModelInfo, cpuprobe
 from daemon.estimate import measured_speeds, swap_shortfall
-from daemon.governor import boards
-from daemon.governor.memory import MemoryReader
+from daemon.governor import boards, memory
 from daemon.governor.policy import kv_bytes_per_token
-from daemon.governor.snapshot import Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -240,7 +238,7 @@ class ModelSlot:
             with contextlib.suppress(ValueError):
                 freed += kv_bytes_per_token(self.info.metadata) * self.engine.n_ctx
         root = self.cfg.monitor.sysfs_root
-        headroom = Snapshot(t=0.0, **MemoryReader(root).read()).mem_headroom
+        headroom = memory.headroom(root)
         margin = boards.detect(root).mem_margin_bytes
         why = swap_shortfall(path.stat().st_size, kv, headroom, freed, margin)
         if why is not None:

@@ -97,14 +97,12 @@ def test_the_layer_probe_is_skipped_not_failed_without_room(
         raise AssertionError("nothing may be loaded")
 
     sizes = devbench.Sizes()
-    args = (None, {"n_layer": 30}, {"1": 10.0}, never, sizes)
+    args = (None, {"n_layer": 30}, {"1": 10.0}, never, [1, 2, 3], sizes)
     assert (
         "too few"
-        in layersplit.measure(model_path, None, {"n_layer": 2}, {}, never, sizes)["skipped"]
+        in layersplit.measure(model_path, None, {"n_layer": 2}, {}, never, [], sizes)["skipped"]
     )
-    monkeypatch.setattr(
-        layersplit.psutil, "virtual_memory", lambda: type("M", (), {"available": 0})
-    )
+    monkeypatch.setattr(layersplit.memory, "headroom", lambda: 0)
     assert "memory" in layersplit.measure(model_path, *args)["skipped"]
     monkeypatch.undo()
 
@@ -113,8 +111,7 @@ def test_the_layer_probe_is_skipped_not_failed_without_room(
 
     monkeypatch.setattr(llama_compat, "copy_without_layers", unwritable)
     assert "no copy beside the model" in layersplit.measure(model_path, *args)["skipped"]
-    full = type("Usage", (), {"free": 0})
-    monkeypatch.setattr(layersplit.shutil, "disk_usage", lambda _: full)
+    monkeypatch.setattr(layersplit.device, "disk_free", lambda _: 0)
     assert "disk" in layersplit.measure(model_path, *args)["skipped"]
     assert not list(model_path.parent.glob(".*-layers.*"))
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import structlog
 
+from daemon.governor.snapshot import Snapshot
+
 log = structlog.get_logger(__name__)
 
 # cgroup v1 reports "no limit" as the largest page-aligned signed 64-bit value.
@@ -150,6 +152,12 @@ class WarnOnce:
         if text is None:
             self(str(path), "sensor_unreadable", sensor=what, path=str(path))
         return text
+
+
+def headroom(root: Path = Path("/")) -> int | None:
+    """Bytes this process may take now: the host's or its cgroup's room, whichever is less (a
+    Snapshot's mem_headroom, read once); None when neither can be read."""
+    return Snapshot(t=0.0, **MemoryReader(root).read()).mem_headroom
 
 
 class MemoryReader:

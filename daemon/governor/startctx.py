@@ -9,9 +9,8 @@ from pathlib import Path
 import structlog
 
 from daemon.governor import boards
-from daemon.governor.memory import MemoryReader
+from daemon.governor.memory import headroom as memory_headroom
 from daemon.governor.policy import kv_bytes_per_token, start_context
-from daemon.governor.snapshot import Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -27,8 +26,7 @@ def auto_context(
         kv = kv_bytes_per_token(metadata, kv_type, kv_type)
     except ValueError:
         kv = 0
-    fields = MemoryReader(sysfs_root).read()
-    headroom = Snapshot(t=0.0, **fields).mem_headroom
+    headroom = memory_headroom(sysfs_root)
     margin = boards.detect(sysfs_root).mem_margin_bytes
     n_ctx = start_context(n_ctx_train, kv, headroom, margin)
     log.info(
